@@ -1,0 +1,1 @@
+"""ctxsae: contextual sparse autoencoders on language-model activations."""

@@ -1,0 +1,33 @@
+"""What the activation cache consumes: anything that produces windows of activations.
+
+Two producers exist: LM activations extracted with nnsight (``ctxsae.extract``) and the
+synthetic ground-truth generator (``ctxsae.data.synthetic``). Both are deterministic given
+their ``fingerprint()``, which is what keys the cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import NamedTuple, Protocol
+
+from torch import Tensor
+
+
+class ActivationChunk(NamedTuple):
+    x_NTD: Tensor  # float activations, raw (not normalised)
+    tokens_NT: Tensor  # int32 token ids; -1 where there is no text (synthetic data)
+    doc_start_NT: Tensor  # bool, True where a document starts (always at t = 0)
+
+
+class ActivationSource(Protocol):
+    d_in: int
+    n_ctx: int
+
+    def fingerprint(self) -> dict:
+        """JSON-able description of everything that determines the activations."""
+
+    def n_windows(self) -> int:
+        """How many windows the source produces in total."""
+
+    def chunks(self, start: int, chunk_windows: int) -> Iterator[ActivationChunk]:
+        """Windows [start, n_windows) in order, ``chunk_windows`` at a time (the last may be shorter)."""

@@ -1,0 +1,1 @@
+"""Metrics shared by training, evaluation and the benchmarks."""

@@ -1,0 +1,27 @@
+"""Reconstruction and sparsity figures over the masked positions of a batch of windows."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def fvu(x_BTD: Tensor, recon_BTD: Tensor, mask_BT: Tensor | None = None) -> Tensor:
+    """Fraction of variance unexplained: sum |x - x_hat|^2 / sum |x - mean(x)|^2 over kept positions."""
+    x, r = _flat(x_BTD, mask_BT), _flat(recon_BTD, mask_BT)
+    return (x - r).pow(2).sum() / (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
+
+
+def l0(codes_BTF: Tensor, mask_BT: Tensor | None = None) -> Tensor:
+    """Mean number of non-zero codes per kept position."""
+    return (_flat(codes_BTF, mask_BT) != 0).sum(-1).float().mean()
+
+
+def fired(codes_BTF: Tensor, mask_BT: Tensor | None = None) -> Tensor:
+    """Bool [F]: which latents are non-zero at any kept position."""
+    return (_flat(codes_BTF, mask_BT) != 0).any(0)
+
+
+def _flat(t_BTX: Tensor, mask_BT: Tensor | None) -> Tensor:
+    t = t_BTX.reshape(-1, t_BTX.shape[-1])
+    return t if mask_BT is None else t[mask_BT.reshape(-1)]

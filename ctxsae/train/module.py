@@ -1,0 +1,105 @@
+"""The one LightningModule: any SAE is injected, the objective comes from the loss config."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from ctxsae.metrics.basic import fired, fvu, l0
+from ctxsae.models.base import SAE
+from ctxsae.train.objective import LossConfig, Windows, compute_loss
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 50  # linear LR warm-up
+    decay_fraction: float = 0.2  # linear decay to zero over this last share of training
+    init_b_dec_tokens: int = 16_384  # tokens used to centre b_dec before training (0: skip)
+
+
+class SAEModule(L.LightningModule):
+    def __init__(self, sae: SAE, loss: LossConfig, optim: OptimConfig, total_steps: int):
+        super().__init__()
+        self.sae, self.loss_cfg, self.optim_cfg, self.total_steps = sae, loss, optim, total_steps
+        # Tokens since each latent last fired; part of the checkpoint so "dead" survives a resume.
+        self.register_buffer("tokens_since_fired_F", torch.zeros(sae.d_sae, dtype=torch.long))
+        self._t_last: float | None = None
+
+    def setup(self, stage: str) -> None:
+        # Runs before a checkpoint is restored, so a resumed run keeps its trained b_dec.
+        dm = getattr(self.trainer, "datamodule", None)
+        if stage == "fit" and dm is not None and self.optim_cfg.init_b_dec_tokens > 0:
+            self.sae.init_from_data(dm.sample_activations(self.optim_cfg.init_b_dec_tokens))
+
+    def dead_F(self) -> Tensor:
+        return self.tokens_since_fired_F >= self.loss_cfg.dead_after_tokens
+
+    def training_step(self, batch: Windows, batch_idx: int) -> Tensor:
+        loss, out, logs = compute_loss(self.sae, batch, self.loss_cfg, self.global_step, self.dead_F())
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"loss is {loss.item()} at step {self.global_step}: lower optim.lr or raise trainer.gradient_clip_val;"
+                " the last good checkpoint is kept"
+            )
+        n_tokens = int(batch.mask_BT.sum())
+        with torch.no_grad():
+            self.tokens_since_fired_F += n_tokens
+            self.tokens_since_fired_F[fired(out.codes, batch.mask_BT) | fired(out.effective_codes, batch.mask_BT)] = 0
+            logs |= {
+                "train/fvu": fvu(batch.x_BTD, out.reconstruction, batch.mask_BT),
+                "train/l0": l0(out.codes, batch.mask_BT),
+                "train/l0_effective": l0(out.effective_codes, batch.mask_BT),
+                "train/dead_fraction": self.dead_F().float().mean(),
+                "train/lr": torch.tensor(self.optimizers().param_groups[0]["lr"]),
+            }
+        now = time.perf_counter()
+        if self._t_last is not None:
+            logs["train/tokens_per_s"] = torch.tensor(batch.x_BTD.shape[0] * batch.x_BTD.shape[1] / (now - self._t_last))
+        self._t_last = now
+        self.log_dict(logs, prog_bar=False)
+        self.log("fvu", logs["train/fvu"], prog_bar=True, logger=False)
+        self.log("l0", logs["train/l0"], prog_bar=True, logger=False)
+        return loss
+
+    def validation_step(self, batch: Windows, batch_idx: int) -> None:
+        out = self.sae(batch.x_BTD, batch.doc_start_BT)
+        self.log_dict(
+            {
+                "val/fvu": fvu(batch.x_BTD, out.reconstruction, batch.mask_BT),
+                "val/l0": l0(out.codes, batch.mask_BT),
+                "val/l0_effective": l0(out.effective_codes, batch.mask_BT),
+            }
+        )
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if self.sae.unit_norm_decoder:
+            self.sae.remove_parallel_decoder_grad()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self.sae.unit_norm_decoder:
+            self.sae.normalize_decoder()
+
+    def configure_optimizers(self):
+        cfg = self.optim_cfg
+        opt = torch.optim.Adam(self.sae.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
+        decay_start = int(self.total_steps * (1 - cfg.decay_fraction))
+
+        def factor(step: int) -> float:
+            warm = min(1.0, (step + 1) / max(cfg.warmup_steps, 1))
+            if step < decay_start:
+                return warm
+            return warm * max(0.0, (self.total_steps - step) / max(self.total_steps - decay_start, 1))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def steps_for_tokens(n_tokens: int, batch_tokens: int) -> int:
+    return max(1, math.ceil(n_tokens / batch_tokens))
