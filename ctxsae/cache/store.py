@@ -1,0 +1,180 @@
+"""The on-disk activation cache: shards plus a manifest, written atomically, resumable.
+
+Layout of one cache (its folder name is a hash of the source's fingerprint)::
+
+    <root>/<fingerprint-hash>/
+        manifest.json               fingerprint, d_in, n_ctx, dtype, shards with sha256, complete flag
+        shard_00000.x.npy           [n, n_ctx, d_in] activations (memory-mapped when training)
+        shard_00000.tokens.npy      [n, n_ctx] int32 token ids (to show features on text later)
+        shard_00000.doc_start.npy   [n, n_ctx] bool document starts
+
+Every file is written to a temporary name and renamed into place, and the manifest is
+rewritten (atomically) after each shard, so a killed extraction loses at most the shard in
+flight and resumes after the last complete one. A fingerprint or checksum mismatch is an error
+that names the fix, never silent reuse. A file lock lets the jobs of a sweep share one cache:
+the first extracts, the others wait and reuse it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from filelock import FileLock
+
+from ctxsae.cache.source import ActivationSource
+from ctxsae.errors import UserError
+
+FORMAT_VERSION = 1
+ARRAYS = ("x", "tokens", "doc_start")
+
+
+@dataclass
+class CacheConfig:
+    root: str = "~/.cache/ctxsae/activations"  # one sub-folder per fingerprint
+    dtype: str = "float16"  # storage dtype of activations (float16 halves disk and read bandwidth)
+    shard_windows: int = 256  # windows per shard: the unit of atomic writes and resume
+    verify: bool = True  # check every shard's sha256 when opening (about 1 s per GB)
+
+
+def fingerprint_hash(fingerprint: dict) -> str:
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, array)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+class ActivationCache:
+    """A complete, verified cache, opened read-only with memory-mapped activations."""
+
+    def __init__(self, folder: Path, manifest: dict):
+        self.folder, self.manifest = folder, manifest
+        self.d_in, self.n_ctx = manifest["d_in"], manifest["n_ctx"]
+        shards = manifest["shards"]
+        self.x = [np.load(folder / f"{s['name']}.x.npy", mmap_mode="r") for s in shards]
+        # Token ids and document starts are small: keep them in memory.
+        self.tokens = np.concatenate([np.load(folder / f"{s['name']}.tokens.npy") for s in shards])
+        self.doc_start = np.concatenate([np.load(folder / f"{s['name']}.doc_start.npy") for s in shards])
+        self.shard_offsets = np.cumsum([0] + [s["n_windows"] for s in shards])
+
+    @property
+    def n_windows(self) -> int:
+        return int(self.shard_offsets[-1])
+
+    def read_x(self, indices: np.ndarray) -> np.ndarray:
+        """Activations of the given windows [n, n_ctx, d_in] in the storage dtype, in the given order."""
+        shard = np.searchsorted(self.shard_offsets, indices, side="right") - 1
+        out = np.empty((len(indices), self.n_ctx, self.d_in), dtype=self.x[0].dtype)
+        for s in np.unique(shard):
+            sel = np.nonzero(shard == s)[0]
+            local = indices[sel] - self.shard_offsets[s]
+            order = np.argsort(local)  # sorted reads are sequential on disk
+            out[sel[order]] = self.x[s][local[order]]
+        return out
+
+
+def open_or_build(source: ActivationSource, cfg: CacheConfig, progress: bool = True, verify: bool | None = None) -> ActivationCache:
+    """Open the cache for ``source``, extracting (or finishing an interrupted extraction) first if needed."""
+    fingerprint = {"format": FORMAT_VERSION, "dtype": cfg.dtype, "source": source.fingerprint()}
+    folder = Path(cfg.root).expanduser() / fingerprint_hash(fingerprint)
+    folder.mkdir(parents=True, exist_ok=True)
+    # A crashed holder's OS-level lock is released with its process, so the rest never deadlock.
+    with FileLock(str(folder / ".lock")):
+        manifest = _read_manifest(folder, fingerprint)
+        if not manifest["complete"]:
+            manifest = _extract(source, cfg, folder, manifest, progress)
+    if cfg.verify if verify is None else verify:
+        _verify(folder, manifest)
+    return ActivationCache(folder, manifest)
+
+
+def _read_manifest(folder: Path, fingerprint: dict) -> dict:
+    path = folder / "manifest.json"
+    if not path.exists():
+        return {"fingerprint": fingerprint, "shards": [], "complete": False}
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"activation cache manifest {path} is corrupt ({e}): delete {folder} and rerun to re-extract") from e
+    if manifest.get("fingerprint") != fingerprint:
+        raise UserError(f"activation cache {folder} was built for different settings: delete {folder} and rerun to re-extract")
+    return manifest
+
+
+def _extract(source: ActivationSource, cfg: CacheConfig, folder: Path, manifest: dict, progress: bool) -> dict:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    for stale in folder.glob("*.tmp"):  # the shard in flight when a previous run was killed
+        stale.unlink()
+    done = sum(s["n_windows"] for s in manifest["shards"])
+    total = source.n_windows()
+    if total == 0:
+        raise UserError("the data source produced no windows: add text, or lower data.n_ctx")
+    manifest |= {"d_in": source.d_in, "n_ctx": source.n_ctx, "dtype": cfg.dtype}
+    columns = [TextColumn("extracting activations"), BarColumn(), MofNCompleteColumn(), TextColumn("windows"),
+               TextColumn("{task.fields[tok_s]:>7.0f} tok/s"), TimeRemainingColumn()]
+    with Progress(*columns, disable=not progress, transient=False) as bar:
+        task = bar.add_task("extract", total=total, completed=done, tok_s=0.0)
+        t0, n0, rate = time.perf_counter(), done, 0.0
+        for chunk in source.chunks(done, cfg.shard_windows):
+            name = f"shard_{len(manifest['shards']):05d}"
+            arrays = {
+                "x": chunk.x_NTD.numpy().astype(cfg.dtype),
+                "tokens": chunk.tokens_NT.numpy().astype(np.int32),
+                "doc_start": chunk.doc_start_NT.numpy().astype(bool),
+            }
+            if not np.isfinite(arrays["x"]).all():
+                raise UserError(f"non-finite activations in {name} (overflow in cache.dtype={cfg.dtype}?): use cache.dtype=float32")
+            sums = {}
+            for key, array in arrays.items():
+                path = folder / f"{name}.{key}.npy"
+                _atomic_save_npy(path, array)
+                sums[key] = _sha256(path)
+            manifest["shards"].append({"name": name, "n_windows": len(chunk.x_NTD), "sha256": sums})
+            done += len(chunk.x_NTD)
+            manifest["complete"] = done >= total
+            _atomic_write_bytes(folder / "manifest.json", json.dumps(manifest, indent=1).encode())
+            rate = (done - n0) * source.n_ctx / (time.perf_counter() - t0)
+            bar.update(task, completed=done, tok_s=rate)
+    manifest["extract_tokens_per_s"] = rate
+    _atomic_write_bytes(folder / "manifest.json", json.dumps(manifest, indent=1).encode())
+    return manifest
+
+
+def _verify(folder: Path, manifest: dict) -> None:
+    for shard in manifest["shards"]:
+        for key in ARRAYS:
+            path = folder / f"{shard['name']}.{key}.npy"
+            if not path.exists() or _sha256(path) != shard["sha256"][key]:
+                raise UserError(
+                    f"activation cache shard {path.name} is missing or corrupt (checksum mismatch): "
+                    f"delete {folder} and rerun to re-extract"
+                )

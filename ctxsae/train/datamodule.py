@@ -1,0 +1,94 @@
+"""The DataModule: an activation source, its on-disk cache, and batches of whole windows.
+
+``prepare_data`` fills the cache (extraction through nnsight happens there, once, on one
+process); ``setup`` opens it memory-mapped, fixes the held-out windows and the normalisation
+scale. The split and the scale depend only on the cache and ``data.seed``, never on the
+training seed, so every run of a sweep is evaluated on the same windows in the same units.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
+
+from ctxsae.cache.dataset import CachedWindows, collate_windows
+from ctxsae.cache.source import ActivationSource
+from ctxsae.cache.store import ActivationCache, CacheConfig, open_or_build
+from ctxsae.errors import UserError
+
+
+@dataclass
+class DataConfig:
+    source: Any = None  # _target_ node: a text source (fortunes, hf, local) or an activation source (synthetic)
+    n_ctx: int = 128  # tokens per window
+    max_windows: int = 2048  # windows drawn (seeded) from the whole tokenised corpus; 0 = all
+    exclude_first: int = 1  # positions at each window start left out of loss and metrics (attention sink)
+    val_fraction: float = 0.05  # share of windows held out for validation and evaluation
+    batch_windows: int = 32  # windows per training batch (32 x 128 = 4096 tokens)
+    num_workers: int = 0  # DataLoader worker processes (reads are memory-mapped and cheap)
+    seed: int = 0  # which windows are drawn and which are held out
+
+
+class ActivationDataModule(L.LightningDataModule):
+    def __init__(self, source: ActivationSource, data: DataConfig, cache: CacheConfig):
+        super().__init__()
+        self.source, self.cfg, self.cache_cfg = source, data, cache
+        self.cache: ActivationCache | None = None
+
+    def prepare_data(self) -> None:
+        open_or_build(self.source, self.cache_cfg, verify=False)  # setup() verifies
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.cache is not None:
+            return
+        self.cache = open_or_build(self.source, self.cache_cfg, progress=False)
+        n = self.cache.n_windows
+        n_val = max(1, round(n * self.cfg.val_fraction)) if self.cfg.val_fraction > 0 else 0
+        if n - n_val < 1:
+            raise UserError(f"the cache holds {n} window(s): too few to train and validate; raise data.max_windows or add text")
+        perm = np.random.default_rng(self.cfg.seed).permutation(n)
+        self.val_idx, self.train_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+        self.scale = self._normalisation_scale()
+
+    @property
+    def d_in(self) -> int:
+        return self.cache.d_in
+
+    def _normalisation_scale(self, max_windows: int = 512) -> float:
+        """Scale so that E|x|^2 = d_in over kept training positions (Gao et al.; SAELens' 'expected_average_only_in')."""
+        idx = self.train_idx[np.linspace(0, len(self.train_idx) - 1, min(max_windows, len(self.train_idx))).astype(int)]
+        x = torch.from_numpy(self.cache.read_x(np.unique(idx))).float()[:, self.cfg.exclude_first :]
+        mean_sq_norm = x.pow(2).sum(-1).mean().item()
+        return float(np.sqrt(self.d_in / mean_sq_norm))
+
+    def dataset(self, split: str) -> CachedWindows:
+        idx = {"train": self.train_idx, "val": self.val_idx}[split]
+        return CachedWindows(self.cache, idx, self.scale, self.cfg.exclude_first)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        ds = self.dataset(split)
+        sampler = RandomSampler(ds) if shuffle else SequentialSampler(ds)
+        return DataLoader(
+            ds, batch_size=self.cfg.batch_windows, sampler=sampler, collate_fn=collate_windows,
+            num_workers=self.cfg.num_workers, persistent_workers=self.cfg.num_workers > 0,
+            pin_memory=torch.cuda.is_available(), drop_last=shuffle,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def sample_activations(self, n_tokens: int) -> torch.Tensor:
+        """[n, d_in] normalised activations at kept positions of training windows (to initialise b_dec)."""
+        per_window = self.cache.n_ctx - self.cfg.exclude_first
+        n_windows = min(len(self.train_idx), max(1, n_tokens // per_window))
+        positions = np.random.default_rng(self.cfg.seed).choice(len(self.train_idx), n_windows, replace=False)
+        batch = self.dataset("train").__getitems__(positions.tolist())
+        return batch.x_BTD[batch.mask_BT]

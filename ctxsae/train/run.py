@@ -1,0 +1,136 @@
+"""One training run, from a composed config to a saved SAE and a printed summary.
+
+    source -> cache -> DataModule -> SAE (d_in from the cache) -> SAEModule -> Trainer -> sae.safetensors
+
+A run directory holds everything a run writes: ``checkpoints/`` (a killed run resumes from
+``last.ckpt`` when rerun with the same ``hydra.run.dir``), TensorBoard events under ``tb/``,
+``sae.safetensors`` (weights, normalisation scale and resolved config) and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from ctxsae.cache.source import ActivationSource
+from ctxsae.errors import UserError
+from ctxsae.extract.activations import LMActivations
+from ctxsae.train.datamodule import ActivationDataModule
+from ctxsae.train.module import SAEModule
+
+
+def build_source(cfg: DictConfig) -> ActivationSource:
+    """Text sources go through the LM; activation sources (synthetic data) are used as they are."""
+    source = instantiate(cfg.data.source)
+    if hasattr(source, "documents"):
+        return LMActivations(source, cfg.lm, cfg.data.n_ctx, cfg.data.max_windows, cfg.data.seed)
+    return source
+
+
+class Throughput(Callback):
+    """Training tokens per second, timing only the training batches (not validation or checkpoints)."""
+
+    def __init__(self):
+        self.tokens, self.seconds, self._t0 = 0, 0.0, 0.0
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.seconds += time.perf_counter() - self._t0
+        self.tokens += batch.x_BTD.shape[0] * batch.x_BTD.shape[1]
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds else float("nan")
+
+
+def resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
+    if cfg.resume:
+        path = Path(cfg.resume)
+        path = path / "checkpoints" / "last.ckpt" if path.is_dir() else path
+        if not path.exists():
+            raise UserError(f"resume={cfg.resume}: no checkpoint at {path}; pass a .ckpt file or a run directory with checkpoints/last.ckpt")
+        return str(path)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    return str(last) if last.exists() else None
+
+
+def train(cfg: DictConfig, run_dir: Path) -> dict:
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    dm = ActivationDataModule(build_source(cfg), cfg.data, cfg.cache)
+    dm.prepare_data()
+    dm.setup("fit")
+
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    if model_cfg["d_in"] is None:
+        model_cfg["d_in"] = dm.d_in
+    elif model_cfg["d_in"] != dm.d_in:
+        raise UserError(f"model.d_in={model_cfg['d_in']} but the activations have d_model {dm.d_in}: drop model.d_in (it is read from the cache) or change lm/layer")
+    sae = instantiate(model_cfg)
+    sae.act_scale.fill_(dm.scale)
+
+    batch_tokens = cfg.data.batch_windows * cfg.data.n_ctx
+    total_steps = math.ceil(cfg.trainer.max_tokens / batch_tokens)
+    module = SAEModule(sae, instantiate(cfg.loss), instantiate(cfg.optim), total_steps)
+    throughput = Throughput()
+    checkpoints = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", filename="step{step}", auto_insert_metric_name=False,
+        every_n_train_steps=cfg.trainer.checkpoint_every_n_steps, save_last=True, save_top_k=1,
+    )
+    t = cfg.trainer
+    trainer = L.Trainer(
+        max_steps=total_steps, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
+        strategy=t.strategy, precision=t.precision, gradient_clip_val=t.gradient_clip_val,
+        log_every_n_steps=t.log_every_n_steps, val_check_interval=min(t.val_every_n_steps, total_steps),
+        check_val_every_n_epoch=None, num_sanity_val_steps=0, enable_progress_bar=t.enable_progress_bar,
+        enable_model_summary=False, logger=instantiate(cfg.logger), callbacks=[checkpoints, throughput],
+        default_root_dir=run_dir,
+    )
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    trainer.fit(module, datamodule=dm, ckpt_path=resume_path(cfg, run_dir))
+    val = {k: float(v) for k, v in trainer.validate(module, datamodule=dm, verbose=False)[0].items()}
+
+    sae.save(run_dir / "sae.safetensors", config=model_cfg)
+    summary = {
+        "model": model_cfg["_target_"].rsplit(".", 1)[-1],
+        "d_in": sae.d_in,
+        "d_sae": sae.d_sae,
+        "fvu": val["val/fvu"],
+        "l0": val["val/l0"],
+        "l0_effective": val["val/l0_effective"],
+        "dead_fraction": float(module.dead_F().float().mean()),
+        "train_tokens": int(module.global_step * batch_tokens),
+        "train_tokens_per_s": throughput.tokens_per_s,
+        "extract_tokens_per_s": dm.cache.manifest.get("extract_tokens_per_s"),
+        "cache": str(dm.cache.folder),
+        "run_dir": str(run_dir),
+        "sae_file": str(run_dir / "sae.safetensors"),
+        "tensorboard": f"tensorboard --logdir {run_dir}",
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def format_summary(s: dict) -> str:
+    extract = f"{s['extract_tokens_per_s']:.0f} tok/s" if s.get("extract_tokens_per_s") else "cached"
+    return "\n".join(
+        [
+            f"== ctxsae run summary: {s['model']} (d_in {s['d_in']}, d_sae {s['d_sae']}) ==",
+            f"  held-out FVU       {s['fvu']:.4f}",
+            f"  L0 novel codes     {s['l0']:.2f}",
+            f"  L0 effective codes {s['l0_effective']:.2f}",
+            f"  dead features      {100 * s['dead_fraction']:.1f}%",
+            f"  training           {s['train_tokens']:,} tokens at {s['train_tokens_per_s']:.0f} tok/s",
+            f"  extraction         {extract}  (cache: {s['cache']})",
+            f"  SAE weights        {s['sae_file']}",
+            f"  TensorBoard        {s['tensorboard']}",
+        ]
+    )
