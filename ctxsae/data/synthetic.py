@@ -24,7 +24,7 @@ of the full dataset and the whole thing never has to sit in memory.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
@@ -228,9 +228,14 @@ class SyntheticSource:
     def n_windows(self) -> int:
         return self.cfg.n_windows
 
-    def ground_truth(self, start: int = 0, stop: int | None = None) -> SyntheticData:
-        """Windows [start, stop) with their true features, for the synthetic metrics."""
-        return generate(self.cfg, start, stop)
+    def ground_truth(self, windows: Sequence[int] | slice = slice(None)) -> SyntheticData:
+        """Windows (a slice, or indices such as a DataModule's ``val_idx``) with their true features."""
+        if isinstance(windows, slice) and windows.step in (None, 1):
+            return generate(self.cfg, windows.start or 0, windows.stop)
+        data = generate(self.cfg)
+        idx = torch.as_tensor(np.asarray(range(self.cfg.n_windows)[windows] if isinstance(windows, slice) else windows))
+        return data._replace(x_NTD=data.x_NTD[idx], doc_start_NT=data.doc_start_NT[idx],
+                             acts_NTF=data.acts_NTF[idx], onset_NTF=data.onset_NTF[idx])
 
     def chunks(self, start: int, chunk_windows: int) -> Iterator[ActivationChunk]:
         features, _ = feature_directions(self.cfg)

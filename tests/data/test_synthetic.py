@@ -159,8 +159,12 @@ def test_source_chunks_reproduce_generate_across_chunk_and_block_boundaries():
     assert torch.equal(torch.cat([c.x_NTD for c in chunks]), full.x_NTD[37:])
     assert torch.equal(torch.cat([c.doc_start_NT for c in chunks]), full.doc_start_NT[37:])
     assert all(c.tokens_NT.dtype == torch.int32 and (c.tokens_NT == -1).all() for c in chunks)
-    part = src.ground_truth(250, 270)
+    part = src.ground_truth(slice(250, 270))
     assert torch.equal(part.acts_NTF, full.acts_NTF[250:270]) and torch.equal(part.onset_NTF, full.onset_NTF[250:270])
+    picked = src.ground_truth([3, 299, 7])  # e.g. a DataModule's held-out windows
+    for name in ("x_NTD", "doc_start_NT", "acts_NTF", "onset_NTF"):
+        assert torch.equal(getattr(picked, name), getattr(full, name)[[3, 299, 7]])
+    assert torch.equal(picked.features_FD, full.features_FD)
 
 
 def test_source_protocol_and_fingerprint():
