@@ -76,10 +76,11 @@ class Extractor:
     """Runs the LM on token windows via nnsight and stops the forward pass after the hook."""
 
     def __init__(self, loaded: LoadedLM, layer: int, site: str):
-        from nnsight import LanguageModel
+        from nnsight import NNsight
 
         self.loaded = loaded
-        self.lm = LanguageModel(loaded.model, tokenizer=loaded.tokenizer)
+        # Token ids go straight to the model: tokenisation happened upstream, once, for the cache.
+        self.lm = NNsight(loaded.model)
         self.envoy = hook_envoy(self.lm, loaded.model, layer, site)
         self.device = next(loaded.model.parameters()).device
 

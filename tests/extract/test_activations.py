@@ -1,0 +1,71 @@
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM
+
+from ctxsae.errors import UserError
+from ctxsae.extract.activations import Extractor
+from ctxsae.extract.lm import LoadedLM, load_tiny
+from ctxsae.extract.tiny import byte_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_tiny(n_layers=3, d_model=64, n_heads=4, seed=0)
+
+
+def tokens(n=3, t=20, seed=0):
+    return torch.randint(0, 256, (n, t), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("layer", [0, 1])
+def test_resid_post_equals_hf_hidden_states_exactly(tiny, layer):
+    ids = tokens()
+    acts = Extractor(tiny, layer, "resid_post")(ids)
+    with torch.no_grad():
+        ref = tiny.model(ids, output_hidden_states=True).hidden_states[layer + 1]
+    assert torch.equal(acts, ref)
+
+
+@pytest.mark.parametrize("site,module", [("attn_out", "self_attn"), ("mlp_out", "mlp")])
+def test_attn_and_mlp_sites_equal_plain_torch_hooks(tiny, site, module):
+    ids = tokens()
+    seen = []
+    sub = getattr(tiny.model.model.layers[1], module)
+    handle = sub.register_forward_hook(lambda m, i, o: seen.append(o[0] if isinstance(o, tuple) else o))
+    with torch.no_grad():
+        tiny.model(ids)
+    handle.remove()
+    assert torch.equal(Extractor(tiny, 1, site)(ids), seen[0])
+
+
+def test_forward_stops_after_the_hook_layer(tiny):
+    calls = []
+    handle = tiny.model.model.layers[2].register_forward_hook(lambda *a: calls.append(1))
+    Extractor(tiny, 0, "resid_post")(tokens())
+    handle.remove()
+    assert calls == []
+
+
+def test_out_of_range_layer_and_unknown_site_name_the_fix(tiny):
+    with pytest.raises(UserError, match=r"layers 0\.\.2 \(set lm.layer\)"):
+        Extractor(tiny, 3, "resid_post")
+    with pytest.raises(UserError, match="lm.site"):
+        Extractor(tiny, 0, "resid_mid")
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: GPT2LMHeadModel(GPT2Config(vocab_size=257, n_embd=32, n_layer=2, n_head=2, n_positions=64)),
+        lambda: GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=257, hidden_size=32, num_hidden_layers=2,
+                                                 num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)),
+    ],
+    ids=["gpt2", "gpt_neox"],
+)
+def test_other_layouts_resolve_and_match_hidden_states(make):
+    torch.manual_seed(0)
+    lm = LoadedLM(make().eval(), byte_tokenizer(), "x")
+    ids = tokens(2, 16)
+    with torch.no_grad():
+        ref = lm.model(ids, output_hidden_states=True).hidden_states[1]
+    assert torch.equal(Extractor(lm, 0, "resid_post")(ids), ref)

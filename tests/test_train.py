@@ -1,0 +1,90 @@
+"""train.py end to end in a subprocess, with the tiny random LM and a small local text file."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors import safe_open
+
+from ctxsae.models.base import load_sae
+
+ROOT = Path(__file__).resolve().parents[1]
+TEXT = "\n".join(f"Line {i}: the quick brown fox jumps over the lazy dog. Der schnelle Fuchs {i}." for i in range(300))
+
+
+def run(tmp_path: Path, *overrides: str, run_dir: str = "run", wait: bool = True):
+    text = tmp_path / "corpus.txt"
+    text.write_text(TEXT)
+    args = [
+        sys.executable, "train.py", "lm=tiny", "data=local", f"data.source.data_files={text}",
+        "data.n_ctx=32", "data.max_windows=128", "data.batch_windows=8", "model.d_sae=128", "model.k=8",
+        f"cache.root={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / run_dir}",
+        "trainer.enable_progress_bar=false", "trainer.max_tokens=8192", "trainer.val_every_n_steps=10", *overrides,
+    ]
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    if not wait:
+        return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_train_writes_summary_tensorboard_events_and_sae(tmp_path):
+    result = run(tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    run_dir = tmp_path / "run"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["l0"] == pytest.approx(8, abs=0.5) and 0 <= summary["fvu"] < 1.5
+    assert "ctxsae run summary" in result.stdout and "held-out FVU" in result.stdout
+    events = list((run_dir / "tb").rglob("events.out.tfevents.*"))
+    assert events and max(e.stat().st_size for e in events) > 1000
+    sae, config = load_sae(run_dir / "sae.safetensors")
+    assert (sae.d_in, sae.d_sae, sae.k) == (64, 128, 8) and config["_target_"].endswith("TopKSAE")
+    assert float(sae.act_scale) != 1.0  # the normalisation travels with the weights
+    assert (run_dir / "checkpoints" / "last.ckpt").exists()
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
+    overrides = ("trainer.max_tokens=200000", "trainer.checkpoint_every_n_steps=5")
+    proc = run(tmp_path, *overrides, wait=False)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 240
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.5)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert last.exists(), proc.stdout.read()
+    import torch
+
+    step_at_kill = torch.load(last, weights_only=False)["global_step"]
+    result = run(tmp_path, "trainer.max_tokens=12000", "trainer.checkpoint_every_n_steps=5")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert step_at_kill > 0
+    assert "Restoring states from the checkpoint" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("model.d_in=99", "model.d_in=99 but the activations have d_model 64"),
+        ("lm.layer=5", "hook layer 5 is out of range"),
+        ("optim.lr=1e30", "loss is"),
+        ("data.n_ctx=100000", "fewer than one window"),
+    ],
+)
+def test_bad_input_ends_with_one_line_that_names_the_fix(tmp_path, override, message):
+    result = run(tmp_path, override)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_config_typo_fails_at_start_up(tmp_path):
+    result = run(tmp_path, "model.kk=3")
+    assert result.returncode != 0 and "Key 'kk' not in 'TopKConfig'" in result.stderr
+    assert not (tmp_path / "cache").exists()  # nothing ran
