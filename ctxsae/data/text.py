@@ -12,6 +12,10 @@ offline, and its files are topic- and language-homogeneous regions, i.e. long do
 clear context), :class:`HFSource` (anything ``datasets.load_dataset`` reads) and
 :class:`LocalSource` (local txt/json/parquet files through HFSource). :func:`language_switch_windows`
 builds the two-language texts of the language-switch probe.
+
+Errors are ``UserError`` s with a one-line message naming the fix: :class:`TextNotFound` (also a
+FileNotFoundError) when the text is missing or unreachable, :class:`BadTextSource` (also a
+ValueError) when the source is misconfigured.
 """
 
 from __future__ import annotations
@@ -23,6 +27,16 @@ import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
+
+from ctxsae.errors import UserError
+
+
+class TextNotFound(UserError, FileNotFoundError):
+    """The text is missing or unreachable (package not installed, wrong path, offline hub)."""
+
+
+class BadTextSource(UserError, ValueError):
+    """The text source is misconfigured, or yields too little text."""
 
 
 class Document(NamedTuple):
@@ -98,9 +112,9 @@ class FortunesSource:
     ):
         unknown = sorted(set(languages) - set(FORTUNES_LANGUAGES))
         if unknown:
-            raise ValueError(f"unknown fortunes language(s) {unknown}: valid ones are {list(FORTUNES_LANGUAGES)}")
+            raise BadTextSource(f"unknown fortunes language(s) {unknown}: valid ones are {list(FORTUNES_LANGUAGES)}")
         if unit not in ("file", "entry"):
-            raise ValueError(f"unit must be 'file' or 'entry', got {unit!r}")
+            raise BadTextSource(f"unit must be 'file' or 'entry', got {unit!r}")
         self.root, self.languages, self.unit = str(root), sorted(set(languages)), unit
         self.max_chars_per_doc = int(max_chars_per_doc)
 
@@ -108,7 +122,7 @@ class FortunesSource:
         """(language, path) of every file read, in document order."""
         root = Path(self.root)
         if not root.is_dir():
-            raise FileNotFoundError(
+            raise TextNotFound(
                 f"fortunes not found at {root}: install them with `apt-get install "
                 f"{' '.join(_PACKAGES[lang] for lang in FORTUNES_LANGUAGES)}` (or choose data=hf / data=local)"
             )
@@ -124,7 +138,7 @@ class FortunesSource:
             else:
                 names = [n for n in names if n in _ZH_FILES]
             if not names:
-                raise FileNotFoundError(
+                raise TextNotFound(
                     f"no '{lang}' fortunes under {folder}: install them with `apt-get install {_PACKAGES[lang]}` "
                     f"(or drop '{lang}' from data.source.languages, or choose data=hf / data=local)"
                 )
@@ -203,22 +217,21 @@ class HFSource:
         except Exception as e:
             cause = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             if self.path in _BUILDERS:
-                raise RuntimeError(f"could not read {self.data_files} as {self.path} ({cause})") from e
-            raise RuntimeError(
+                msg = f"could not read {self.data_files} as {self.path}: check data.source.format ({cause})"
+                raise BadTextSource(msg) from e
+            raise TextNotFound(
                 f"could not load dataset {self.path!r} from the Hugging Face hub (offline?): use data=local with "
                 f"data.source.data_files=... or set HF_DATASETS_OFFLINE=1 with a cached copy ({cause})"
             ) from e
 
     def documents(self) -> Iterator[Document]:
-        ds = self._load()
-        columns = ds.column_names  # None for some streaming datasets: then the first row tells
-        if columns is not None and self.text_column not in columns:
-            raise ValueError(f"no column {self.text_column!r} in {self.source}: set data.source.text_column to one of {columns}")
-        for i, row in enumerate(ds):
+        for i, row in enumerate(self._load()):
             if self.max_documents and i >= self.max_documents:
                 return
             if self.text_column not in row:
-                raise ValueError(f"no column {self.text_column!r} in {self.source}: set data.source.text_column to one of {list(row)}")
+                raise BadTextSource(
+                    f"no column {self.text_column!r} in {self.source}: set data.source.text_column to one of {[*row]}"
+                )
             yield Document(row[self.text_column], self.source, self.language)
 
     def fingerprint(self) -> dict:
@@ -247,7 +260,7 @@ def _infer_format(data_files: list[str]) -> str:
         suffixes.add(Path(p.stem).suffix if p.suffix in _COMPRESSED else p.suffix)
     formats = {_EXTENSIONS.get(s) for s in suffixes}
     if len(formats) != 1 or None in formats:
-        raise ValueError(
+        raise BadTextSource(
             f"cannot tell the format of {data_files} from extensions {sorted(suffixes)}: "
             f"set data.source.format to one of text/json/parquet"
         )
@@ -275,9 +288,9 @@ class LocalSource(HFSource):
         files = [data_files] if isinstance(data_files, str) else list(data_files)
         missing = [f for f in files if not glob.glob(f)]
         if not files or missing:
-            raise FileNotFoundError(f"local data file(s) not found: {missing or files}: fix data.source.data_files")
+            raise TextNotFound(f"local data file(s) not found: {missing or files}: fix data.source.data_files")
         if format not in ("auto", "text", "json", "parquet"):
-            raise ValueError(f"format must be auto/text/json/parquet, got {format!r}")
+            raise BadTextSource(f"format must be auto/text/json/parquet, got {format!r}")
         fmt = _infer_format(files) if format == "auto" else format
         super().__init__(
             fmt, text_column=text_column, data_files=files, sample_by=sample_by if fmt == "text" else None,
@@ -310,11 +323,13 @@ def language_switch_windows(
     """Texts that switch language once at a known character: fortunes entry of lang_a + entry of lang_b.
 
     Entries are drawn (seeded; no entry twice within a pair) among those with
-    ``min_chars <= len <= max_chars``, which skips one-liners and ASCII art blocks.
+    ``min_chars <= len <= max_chars``, which skips one-liners and long blocks (ASCII art, poems).
+    Returns texts, not token windows: the caller finds the switch token from the tokenizer's
+    offsets (``return_offsets_mapping=True``), as it depends on the tokenizer.
     """
     pair_langs = [tuple(p.split("-")) for p in pairs]
     if any(len(p) != 2 or p[0] == p[1] for p in pair_langs):
-        raise ValueError(f"pairs must look like 'en-de' with two different languages, got {list(pairs)}")
+        raise BadTextSource(f"pairs must look like 'en-de' with two different languages, got {list(pairs)}")
     langs = sorted({lang for p in pair_langs for lang in p})
     entries: dict[str, list[str]] = {lang: [] for lang in langs}
     for doc in FortunesSource(root, langs, unit="entry").documents():
@@ -324,7 +339,8 @@ def language_switch_windows(
     out = []
     for a, b in pair_langs:
         if min(len(entries[a]), len(entries[b])) < n_per_pair:
-            raise ValueError(f"fewer than n_per_pair={n_per_pair} {a} or {b} entries of {min_chars}-{max_chars} chars")
+            msg = f"too few {a} or {b} entries of {min_chars}-{max_chars} chars for {n_per_pair} pairs: lower n_per_pair"
+            raise BadTextSource(msg)
         for first, second in zip(rng.sample(entries[a], n_per_pair), rng.sample(entries[b], n_per_pair)):
             out.append(SwitchText(first + joiner + second, a, b, len(first) + len(joiner)))
     return out

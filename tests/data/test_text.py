@@ -14,8 +14,10 @@ from ctxsae.data.text import (  # noqa: E402
     FortunesSource,
     HFSource,
     LocalSource,
+    TextNotFound,
     language_switch_windows,
 )
+from ctxsae.errors import UserError  # noqa: E402
 
 # A fake fortunes install: the same layout as the Debian packages, with the same oddities.
 FAKE = {
@@ -32,7 +34,8 @@ FAKE = {
 }
 ENTRIES = [  # (source, text) of every entry, in document order: language, then file name
     ("de/witze", "Ein Witz."), ("de/witze", "Noch ein Witz."), ("de/zitate", "Ein Zitat."),
-    ("en/cookie", "A cookie.\n\t\t-- Author"), ("en/cookie", "After a '% ' separator."), ("en/cookie", "Use I or *not* that."),
+    ("en/cookie", "A cookie.\n\t\t-- Author"), ("en/cookie", "After a '% ' separator."),
+    ("en/cookie", "Use I or *not* that."),
     ("en/fortunes", "Fortune one."), ("en/fortunes", "Fortune two,\non two lines."),
     ("es/vida.fortunes", "La vida."), ("ru/2001.03", "Аппетит приходит."),
     ("zh/chinese", "要有礼貌"), ("zh/chinese", "善意推定"), ("zh/tang300", "床前明月光"),
@@ -81,8 +84,9 @@ def test_max_chars_per_doc_cuts_at_an_entry_boundary(fake_root):
 
 
 def test_errors_name_the_fix(fake_root, tmp_path):
-    with pytest.raises(FileNotFoundError, match="apt-get install fortunes fortunes-de"):
+    with pytest.raises(FileNotFoundError, match="apt-get install fortunes fortunes-de") as missing:
         list(FortunesSource(str(tmp_path / "nowhere")).documents())
+    assert isinstance(missing.value, UserError)  # train.py prints these without a traceback
     for folder in (fake_root / "ru").iterdir():
         folder.unlink()
     with pytest.raises(FileNotFoundError, match="no 'ru' fortunes.*apt-get install fortunes-ru"):
@@ -123,7 +127,8 @@ def test_local_text_json_parquet(tmp_path):
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
     cache = str(tmp_path / "cache")
 
-    texts = [d.text for d in LocalSource([str(tmp_path / "a.txt"), str(tmp_path / "b.txt")], cache_dir=cache).documents()]
+    files = [str(tmp_path / "a.txt"), str(tmp_path / "b.txt")]
+    texts = [d.text for d in LocalSource(files, cache_dir=cache).documents()]
     assert texts == ["first paragraph\nstill first\n\nsecond paragraph\n", "whole file b\n"]
     paragraphs = LocalSource(str(tmp_path / "a.txt"), sample_by="paragraph", cache_dir=cache).documents()
     assert [d.text.strip() for d in paragraphs] == ["first paragraph\nstill first", "second paragraph"]
@@ -146,7 +151,12 @@ def test_local_fingerprint_tracks_files(tmp_path):
     assert LocalSource(str(path)).fingerprint() != fp
 
 
-def test_hf_errors_name_the_fix(tmp_path):
+def test_hf_errors_name_the_fix(tmp_path, monkeypatch):
+    import datasets
+    import huggingface_hub
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)  # fail at once, without network retries
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     (tmp_path / "d.jsonl").write_text('{"body": "x", "id": 1}\n')
     with pytest.raises(ValueError, match=r"no column 'text'.*\['body', 'id'\]"):
         list(LocalSource(str(tmp_path / "d.jsonl"), cache_dir=str(tmp_path / "cache")).documents())
@@ -155,7 +165,7 @@ def test_hf_errors_name_the_fix(tmp_path):
     (tmp_path / "d.csv").write_text("text\nx\n")
     with pytest.raises(ValueError, match="data.source.format"):
         LocalSource(str(tmp_path / "d.csv"))
-    with pytest.raises(RuntimeError, match="could not load dataset 'nobody/no-such-dataset'.*data=local"):
+    with pytest.raises(TextNotFound, match="could not load dataset 'nobody/no-such-dataset'.*data=local"):
         list(HFSource("nobody/no-such-dataset", cache_dir=str(tmp_path / "cache")).documents())
 
 
@@ -172,3 +182,5 @@ def test_language_switch_offsets(fake_root):
     assert switches == language_switch_windows(str(fake_root), pairs, n_per_pair=2, seed=1, min_chars=1)
     with pytest.raises(ValueError, match="two different languages"):
         language_switch_windows(str(fake_root), ["en-en"])
+    with pytest.raises(ValueError, match="too few en or de entries.*lower n_per_pair"):
+        language_switch_windows(str(fake_root), ["en-de"], n_per_pair=4, min_chars=1)
