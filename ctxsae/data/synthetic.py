@@ -140,18 +140,20 @@ def _regions(cfg: SyntheticConfig, doc_start_NT: Tensor, gen: torch.Generator) -
     G, S = cfg.n_region_groups, cfg.group_size
     # A region boundary at each position with probability 1/mean (geometric lengths), and at every doc start.
     boundary = (torch.rand(N, T, G, generator=gen) < 1 / cfg.mean_region_len) | doc_start_NT[..., None]
-    # Which feature of the group: a running sum of steps mod S. Inside a document each boundary steps
-    # by 1..S-1, so a new region never repeats the previous feature (a switch is always a real change);
-    # a doc start steps by 0..S-1, so the first feature of a document is uniform and independent.
-    step_any = torch.randint(0, S, (N, T, G), generator=gen)
-    step_new = torch.randint(1, S, (N, T, G), generator=gen) if S > 1 else torch.zeros_like(step_any)
-    step = torch.where(doc_start_NT[..., None], step_any, torch.where(boundary, step_new, 0))
-    member = step.cumsum(1) % S
-    # Whether the region is "off" and its magnitude are drawn everywhere and read at the region's first position.
+    # Whether the region is silent and its magnitude: drawn everywhere, read at the region's first position.
     t = torch.arange(T).view(1, T, 1)
     region_start = torch.where(boundary, t, 0).cummax(1).values
     off = (torch.rand(N, T, G, generator=gen) < cfg.p_region_off).gather(1, region_start)
     mag = _uniform((N, T, G), cfg.region_magnitude, cfg.region_magnitude_jitter, gen).gather(1, region_start)
+    # Which feature of the group: a running sum of steps mod S. A boundary straight after an active
+    # region steps by 1..S-1, so a switch always changes the feature; at a doc start or after a silent
+    # region the step is 0..S-1, so the feature is uniform and independent of what came before.
+    fresh = doc_start_NT[..., None].expand(N, T, G).clone()
+    fresh[:, 1:] |= off[:, :-1]
+    step_any = torch.randint(0, S, (N, T, G), generator=gen)
+    step_new = torch.randint(1, S, (N, T, G), generator=gen) if S > 1 else torch.zeros_like(step_any)
+    step = torch.where(boundary, torch.where(fresh, step_any, step_new), 0)
+    member = step.cumsum(1) % S
 
     one_hot = torch.nn.functional.one_hot(member, S).bool()  # [N, T, G, S]
     acts = (one_hot * (mag * ~off)[..., None]).reshape(N, T, G * S)

@@ -83,6 +83,22 @@ def test_regions_are_constant_between_onsets(data):
     assert abs(onsets_inside / expected - 1) < 0.1
 
 
+def test_switches_change_the_feature_and_silences_forget_it(data):
+    member = group_view(data).argmax(-1)  # [N, T, G] which feature of each group (0 when silent)
+    on = group_view(data).gt(0).any(-1)
+    inside = ~data.doc_start_NT[:, 1:, None]
+    switch = on[:, 1:] & on[:, :-1] & inside & (group_view(data)[:, 1:] != group_view(data)[:, :-1]).any(-1)
+    assert switch.any() and not (member[:, 1:] == member[:, :-1])[switch].any()
+    # After a silent region the next feature is drawn afresh: it is the one before the silence ~1/group_size of the time.
+    last_on = torch.where(on, member, -1)
+    N, T, G = member.shape
+    idx = torch.where(on, torch.arange(T).view(1, T, 1), -1).cummax(1).values  # last active position so far
+    prev_member = torch.gather(last_on, 1, idx.clamp_min(0))
+    returns = on[:, 1:] & ~on[:, :-1] & inside & (idx[:, :-1] >= 0)
+    same = (member[:, 1:] == prev_member[:, :-1])[returns].float().mean().item()
+    assert abs(same - 1 / CFG.group_size) < 0.05
+
+
 def test_onsets_exactly_where_a_feature_becomes_active(data):
     on = data.acts_NTF > 0
     before = torch.zeros_like(on)
