@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ctxsae.cache.store import ActivationCache
+from ctxsae.data.windows import loss_mask
 from ctxsae.train.objective import Windows
 
 
@@ -27,8 +28,7 @@ class CachedWindows(Dataset):
         idx = self.indices[np.asarray(items)]
         x = torch.from_numpy(self.cache.read_x(idx)).float().mul_(self.scale)
         doc_start = torch.from_numpy(self.cache.doc_start[idx])
-        mask = torch.ones_like(doc_start)
-        mask[:, : self.exclude_first] = False  # the attention-sink position(s) at each window start
+        mask = loss_mask(doc_start, self.exclude_first)  # drops the attention sink at each window start
         return Windows(x, torch.from_numpy(self.cache.tokens[idx]), doc_start, mask)
 
     def __getitem__(self, item: int) -> Windows:
