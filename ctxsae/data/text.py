@@ -25,6 +25,7 @@ import hashlib
 import random
 import re
 from collections.abc import Iterator, Sequence
+from itertools import islice
 from pathlib import Path
 from typing import NamedTuple
 
@@ -110,6 +111,7 @@ class FortunesSource:
         unit: str = "file",
         max_chars_per_doc: int = 0,
     ):
+        languages = [languages] if isinstance(languages, str) else list(languages)
         unknown = sorted(set(languages) - set(FORTUNES_LANGUAGES))
         if unknown:
             raise BadTextSource(f"unknown fortunes language(s) {unknown}: valid ones are {list(FORTUNES_LANGUAGES)}")
@@ -133,10 +135,7 @@ class FortunesSource:
                 p.name for p in (folder.iterdir() if folder.is_dir() else ())
                 if p.is_file() and not p.is_symlink() and p.suffix not in (".dat", ".u8")
             )
-            if lang != "zh":
-                names = [n for n in names if n not in _ZH_FILES]
-            else:
-                names = [n for n in names if n in _ZH_FILES]
+            names = [n for n in names if (n in _ZH_FILES) == (lang == "zh")]
             if not names:
                 raise TextNotFound(
                     f"no '{lang}' fortunes under {folder}: install them with `apt-get install {_PACKAGES[lang]}` "
@@ -225,9 +224,8 @@ class HFSource:
             ) from e
 
     def documents(self) -> Iterator[Document]:
-        for i, row in enumerate(self._load()):
-            if self.max_documents and i >= self.max_documents:
-                return
+        rows = self._load()
+        for row in islice(rows, self.max_documents) if self.max_documents else rows:
             if self.text_column not in row:
                 raise BadTextSource(
                     f"no column {self.text_column!r} in {self.source}: set data.source.text_column to one of {[*row]}"
@@ -235,14 +233,14 @@ class HFSource:
             yield Document(row[self.text_column], self.source, self.language)
 
     def fingerprint(self) -> dict:
-        files = [_stat(Path(f)) for f in self.data_files or [] if Path(f).is_file()]
+        local = [Path(p) for f in self.data_files or [] for p in sorted(glob.glob(f))]
         return {
             "class": f"{__name__}.{type(self).__name__}",
             "path": self.path,
             "name": self.name,
             "split": self.split,
             "text_column": self.text_column,
-            "data_files": files or self.data_files,  # local files with size and mtime; else as given
+            "data_files": [_stat(p) for p in local] or self.data_files,  # local: with size and mtime
             "revision": self.revision,  # None: whatever the hub serves, which may change
             "sample_by": self.sample_by,
             "max_documents": self.max_documents,
