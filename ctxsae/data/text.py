@@ -337,7 +337,7 @@ def language_switch_windows(
     out = []
     for a, b in pair_langs:
         if min(len(entries[a]), len(entries[b])) < n_per_pair:
-            msg = f"too few {a} or {b} entries of {min_chars}-{max_chars} chars for {n_per_pair} pairs: lower n_per_pair"
+            msg = f"too few {a}/{b} entries of {min_chars}-{max_chars} chars for {n_per_pair} pairs: lower n_per_pair"
             raise BadTextSource(msg)
         for first, second in zip(rng.sample(entries[a], n_per_pair), rng.sample(entries[b], n_per_pair)):
             out.append(SwitchText(first + joiner + second, a, b, len(first) + len(joiner)))

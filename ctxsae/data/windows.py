@@ -4,9 +4,9 @@
     [bos a b c d e f][bos g h][bos i j k l m ...]      one stream, in document order
     |---- window 0 ----|---- window 1 ----|--- ...     consecutive, non-overlapping n_ctx slices
 
-Windows never reorder tokens and documents are never mixed within a position: ``doc_start_NT``
-marks where each document begins (and every window start, where the LM's context begins), which
-is where a contextual SAE resets its context. The ragged tail of the stream is dropped.
+Windows keep the stream order exactly. A window may span several documents: ``doc_start_NT`` marks
+where each one begins, and every window start (where the LM's context begins); a contextual SAE
+resets its context there. The ragged tail of the stream is dropped.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ctxsae.data.text import BadTextSource, Document
 
-_BATCH_CHARS = 1 << 20  # tokenize ~1M characters per call: batched calls are much faster than one per doc
+_BATCH_CHARS = 1 << 20  # tokenise ~1M characters per call: batched calls are much faster than one per doc
 
 
 class TokenWindows(NamedTuple):

@@ -182,5 +182,5 @@ def test_language_switch_offsets(fake_root):
     assert switches == language_switch_windows(str(fake_root), pairs, n_per_pair=2, seed=1, min_chars=1)
     with pytest.raises(ValueError, match="two different languages"):
         language_switch_windows(str(fake_root), ["en-en"])
-    with pytest.raises(ValueError, match="too few en or de entries.*lower n_per_pair"):
+    with pytest.raises(ValueError, match="too few en/de entries.*lower n_per_pair"):
         language_switch_windows(str(fake_root), ["en-de"], n_per_pair=4, min_chars=1)
