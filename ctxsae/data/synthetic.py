@@ -126,7 +126,8 @@ def _block(cfg: SyntheticConfig, b: int, features_FD: Tensor) -> tuple[Tensor, T
         region_acts, region_onset = _regions(cfg, doc_start, gen)
 
     fire = torch.rand(N, T, cfg.n_token_features, generator=gen) < cfg.token_rate
-    token_acts = fire * _uniform((N, T, cfg.n_token_features), cfg.token_magnitude, cfg.token_magnitude_jitter, gen)
+    token_acts = torch.zeros(fire.shape)
+    token_acts[fire] = _uniform((int(fire.sum()),), cfg.token_magnitude, cfg.token_magnitude_jitter, gen)  # draws only where active
 
     acts = torch.cat([region_acts, token_acts], dim=-1)
     onset = torch.cat([region_onset, torch.zeros_like(token_acts, dtype=torch.bool)], dim=-1)
