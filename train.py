@@ -8,6 +8,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
 from ctxsae.config import register_configs
@@ -22,8 +23,12 @@ def main(cfg: DictConfig) -> float:
 
     try:
         summary = train(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except (UserError, FloatingPointError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (UserError, FloatingPointError, InstantiationException) as e:
+        # Hydra wraps errors raised while building a _target_; ours are one-line UserErrors underneath.
+        cause = e.__cause__ if isinstance(e, InstantiationException) else e
+        if not isinstance(cause, (UserError, FloatingPointError)):
+            raise
+        print(f"error: {cause}", file=sys.stderr)
         sys.exit(1)
     print(format_summary(summary))
     return summary["fvu"]

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import lightning as L
-from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
@@ -29,12 +28,7 @@ from ctxsae.train.module import SAEModule
 
 def build_source(cfg: DictConfig) -> ActivationSource:
     """Text sources go through the LM; activation sources (synthetic data) are used as they are."""
-    try:
-        source = instantiate(cfg.data.source)
-    except InstantiationException as e:  # Hydra wraps constructor errors; ours are one-line UserErrors
-        if isinstance(e.__cause__, UserError):
-            raise e.__cause__ from None
-        raise
+    source = instantiate(cfg.data.source)
     if hasattr(source, "documents"):
         return LMActivations(source, cfg.lm, cfg.data.n_ctx, cfg.data.max_windows, cfg.data.seed)
     return source
