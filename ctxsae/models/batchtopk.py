@@ -1,0 +1,68 @@
+"""BatchTopK SAE (Bussmann et al. 2024, "BatchTopK Sparse Autoencoders").
+
+Training: TopK over the whole batch instead of per position. Of the n_tokens * d_sae ReLU'd
+pre-activations the k * n_tokens largest are kept, so the *mean* L0 is k while each position
+gets as many latents as it needs (easy tokens few, dense ones many).
+
+Inference: a batch-level choice would make a token's code depend on its batch neighbours, so it
+is replaced by one global JumpReLU-style threshold,
+
+    z = pre * (pre > threshold),
+
+where ``threshold`` is a running average (EMA) of the smallest activation BatchTopK kept in each
+training batch. Everything else (decoder, AuxK against dead latents) is the TopK SAE's.
+
+Every position of the batch competes for the budget, including ones the loss masks out (the
+forward pass does not see the mask): feed it windows without attention-sink positions, or their
+large norms will take a share of the k * n_tokens slots.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ctxsae.models.base import SAEOutput
+from ctxsae.models.topk import TopKConfig, TopKSAE, decode_sparse, topk_relu
+
+
+@dataclass
+class BatchTopKConfig(TopKConfig):
+    _target_: str = "ctxsae.models.batchtopk.BatchTopKSAE"
+    threshold_momentum: float = 0.01  # EMA weight of each training batch's minimum kept activation
+
+
+class BatchTopKSAE(TopKSAE):
+    def __init__(self, d_in: int, d_sae: int, k: int = 32, auxk_k: int = 512, threshold_momentum: float = 0.01):
+        super().__init__(d_in, d_sae, k, auxk_k)
+        self.threshold_momentum = threshold_momentum
+        # 0 = not yet estimated: inference is then a plain ReLU, and the first batch sets it.
+        self.register_buffer("threshold", torch.zeros(()))
+
+    def forward(self, x_BTD: Tensor, doc_start_BT: Tensor | None = None) -> SAEOutput:
+        pre_BTF = self.pre_acts(x_BTD)
+        pre_flat = pre_BTF.reshape(-1)
+        n_tokens = x_BTD.shape[0] * x_BTD.shape[1]
+        if self.training:
+            vals, idx = topk_relu(pre_flat, self.k * n_tokens)
+            self._update_threshold(vals)
+            idx, order = idx.sort()  # decode_sparse wants each position's entries together
+            vals = vals[order]
+        else:
+            idx = (pre_flat > self.threshold).nonzero().squeeze(1)
+            vals = pre_flat[idx]
+        pos, latent = idx // self.d_sae, idx % self.d_sae
+        codes_BTF = torch.zeros_like(pre_flat).scatter(0, idx, vals).view_as(pre_BTF)
+        offsets = torch.searchsorted(pos, torch.arange(n_tokens, device=pos.device))
+        recon_BTD = decode_sparse(self.W_dec, latent, vals, offsets).view_as(x_BTD) + self.b_dec
+        return SAEOutput(codes_BTF, codes_BTF, recon_BTD, {"pre_acts": pre_BTF})
+
+    @torch.no_grad()
+    def _update_threshold(self, kept_vals: Tensor) -> None:
+        kept_min = torch.where(kept_vals > 0, kept_vals, torch.inf).min()
+        if not torch.isfinite(kept_min):  # nothing fired in this batch: no information
+            return
+        unset = self.threshold == 0
+        self.threshold.copy_(torch.where(unset, kept_min, self.threshold.lerp(kept_min, self.threshold_momentum)))
