@@ -64,6 +64,10 @@ def resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict:
+    finished = run_dir / "summary.json"
+    if finished.exists():  # rerunning a sweep skips the runs it already finished
+        print(f"{run_dir} already holds a finished run: skipping it (delete summary.json to retrain)")
+        return json.loads(finished.read_text())
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     dm = ActivationDataModule(build_source(cfg), cfg.data, cfg.cache)
     dm.prepare_data()
