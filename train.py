@@ -30,6 +30,8 @@ def main(cfg: DictConfig) -> float:
             raise
         print(f"error: {cause}", file=sys.stderr)
         sys.exit(1)
+    if summary is None:  # a non-zero DDP rank
+        return float("nan")
     print(format_summary(summary))
     return summary["fvu"]
 

@@ -35,7 +35,7 @@ def fit_sae(
         doc_start_NT[:, 0] = True
     sae.init_from_data(x_NTD.reshape(-1, x_NTD.shape[-1]))
     loader = DataLoader(TensorDataset(x_NTD, doc_start_NT), batch_size=batch_windows, shuffle=True, collate_fn=_collate)
-    module = SAEModule(sae, loss or LossConfig(), OptimConfig(lr=lr, warmup_steps=10, init_b_dec_tokens=0), steps)
+    module = SAEModule(sae, loss or LossConfig(), OptimConfig(lr=lr, warmup_steps=10, init_b_dec_tokens=0))
     trainer = L.Trainer(
         max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0,

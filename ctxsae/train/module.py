@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
@@ -25,9 +24,9 @@ class OptimConfig:
 
 
 class SAEModule(L.LightningModule):
-    def __init__(self, sae: SAE, loss: LossConfig, optim: OptimConfig, total_steps: int):
+    def __init__(self, sae: SAE, loss: LossConfig, optim: OptimConfig):
         super().__init__()
-        self.sae, self.loss_cfg, self.optim_cfg, self.total_steps = sae, loss, optim, total_steps
+        self.sae, self.loss_cfg, self.optim_cfg = sae, loss, optim
         # Tokens since each latent last fired; part of the checkpoint so "dead" survives a resume.
         self.register_buffer("tokens_since_fired_F", torch.zeros(sae.d_sae, dtype=torch.long))
         self._t_last: float | None = None
@@ -48,10 +47,13 @@ class SAEModule(L.LightningModule):
                 f"loss is {loss.item()} at step {self.global_step}: lower optim.lr or raise trainer.gradient_clip_val;"
                 " the last good checkpoint is kept"
             )
-        n_tokens = int(batch.mask_BT.sum())
         with torch.no_grad():
+            fired_F = fired(out.codes, batch.mask_BT) | fired(out.effective_codes, batch.mask_BT)
+            n_tokens = batch.mask_BT.sum()
+            if self.trainer.world_size > 1:  # every DDP rank must agree on which latents are dead
+                fired_F, n_tokens = self.all_gather(fired_F).any(0), self.all_gather(n_tokens).sum()
             self.tokens_since_fired_F += n_tokens
-            self.tokens_since_fired_F[fired(out.codes, batch.mask_BT) | fired(out.effective_codes, batch.mask_BT)] = 0
+            self.tokens_since_fired_F[fired_F] = 0
             logs |= {
                 "train/fvu": fvu(batch.x_BTD, out.reconstruction, batch.mask_BT),
                 "train/l0": l0(out.codes, batch.mask_BT),
@@ -75,7 +77,8 @@ class SAEModule(L.LightningModule):
                 "val/fvu": fvu(batch.x_BTD, out.reconstruction, batch.mask_BT),
                 "val/l0": l0(out.codes, batch.mask_BT),
                 "val/l0_effective": l0(out.effective_codes, batch.mask_BT),
-            }
+            },
+            sync_dist=True,
         )
 
     def on_before_optimizer_step(self, optimizer) -> None:
@@ -89,17 +92,14 @@ class SAEModule(L.LightningModule):
     def configure_optimizers(self):
         cfg = self.optim_cfg
         opt = torch.optim.Adam(self.sae.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
-        decay_start = int(self.total_steps * (1 - cfg.decay_fraction))
+        total_steps = self.trainer.max_steps
+        decay_start = int(total_steps * (1 - cfg.decay_fraction))
 
         def factor(step: int) -> float:
             warm = min(1.0, (step + 1) / max(cfg.warmup_steps, 1))
             if step < decay_start:
                 return warm
-            return warm * max(0.0, (self.total_steps - step) / max(self.total_steps - decay_start, 1))
+            return warm * max(0.0, (total_steps - step) / max(total_steps - decay_start, 1))
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-
-def steps_for_tokens(n_tokens: int, batch_tokens: int) -> int:
-    return max(1, math.ceil(n_tokens / batch_tokens))

@@ -63,7 +63,8 @@ def resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
     return str(last) if last.exists() else None
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict:
+def train(cfg: DictConfig, run_dir: Path) -> dict | None:
+    """Train one SAE; the summary on the process that wrote the results (None on other DDP ranks)."""
     finished = run_dir / "summary.json"
     if finished.exists():  # rerunning a sweep skips the runs it already finished
         print(f"{run_dir} already holds a finished run: skipping it (delete summary.json to retrain)")
@@ -81,9 +82,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     sae = instantiate(model_cfg)
     sae.act_scale.fill_(dm.scale)
 
-    batch_tokens = cfg.data.batch_windows * cfg.data.n_ctx
-    total_steps = math.ceil(cfg.trainer.max_tokens / batch_tokens)
-    module = SAEModule(sae, instantiate(cfg.loss), instantiate(cfg.optim), total_steps)
+    module = SAEModule(sae, instantiate(cfg.loss), instantiate(cfg.optim))
     throughput = Throughput()
     checkpoints = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="step{step}", auto_insert_metric_name=False,
@@ -91,16 +90,21 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     )
     t = cfg.trainer
     trainer = L.Trainer(
-        max_steps=total_steps, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
+        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
         strategy=t.strategy, precision=t.precision, gradient_clip_val=t.gradient_clip_val,
-        log_every_n_steps=t.log_every_n_steps, val_check_interval=min(t.val_every_n_steps, total_steps),
+        log_every_n_steps=t.log_every_n_steps, val_check_interval=t.val_every_n_steps,
         check_val_every_n_epoch=None, num_sanity_val_steps=0, enable_progress_bar=t.enable_progress_bar,
         enable_model_summary=False, logger=instantiate(cfg.logger), callbacks=[checkpoints, throughput],
         default_root_dir=run_dir,
     )
+    # Each optimizer step consumes one batch per DDP process: the token budget sets the step count.
+    batch_tokens = cfg.data.batch_windows * cfg.data.n_ctx * trainer.world_size
+    trainer.fit_loop.epoch_loop.max_steps = math.ceil(t.max_tokens / batch_tokens)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     trainer.fit(module, datamodule=dm, ckpt_path=resume_path(cfg, run_dir))
     val = {k: float(v) for k, v in trainer.validate(module, datamodule=dm, verbose=False)[0].items()}
+    if not trainer.is_global_zero:  # under DDP one process writes the results
+        return None
 
     sae.save(run_dir / "sae.safetensors", config=model_cfg)
     summary = {
@@ -112,7 +116,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         "l0_effective": val["val/l0_effective"],
         "dead_fraction": float(module.dead_F().float().mean()),
         "train_tokens": int(module.global_step * batch_tokens),
-        "train_tokens_per_s": throughput.tokens_per_s,
+        "train_tokens_per_s": throughput.tokens_per_s * trainer.world_size,
         "extract_tokens_per_s": dm.cache.manifest.get("extract_tokens_per_s"),
         "cache": str(dm.cache.folder),
         "run_dir": str(run_dir),
