@@ -93,7 +93,7 @@ def test_trains_to_low_fvu_and_inference_l0_near_k(fit, token_windows, evaluate)
         train_out = sae.train()(token_windows)
     assert (train_out.codes != 0).sum() == 8 * token_windows.shape[0] * token_windows.shape[1]
     fvu_end, l0_end = evaluate(sae, token_windows)  # inference mode: the learned threshold
-    assert fvu_end < 0.1 and fvu_end < fvu_init / 4, (fvu_init, fvu_end)
+    assert fvu_end < 0.13 and fvu_end < fvu_init / 6, (fvu_init, fvu_end)
     assert 6 < l0_end < 10, l0_end
 
 

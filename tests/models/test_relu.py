@@ -43,8 +43,8 @@ def test_trains_to_low_fvu_and_sparse_codes(fit, token_windows, evaluate):
     fvu_init, l0_init = evaluate(sae, token_windows)
     fit(sae, token_windows, loss=LossConfig(sparsity=1.0), steps=200, lr=1e-2)
     fvu_end, l0_end = evaluate(sae, token_windows)
-    assert fvu_end < 0.12 and fvu_end < fvu_init / 4, (fvu_init, fvu_end)
-    assert l0_end < 12 and l0_end < l0_init / 4, (l0_init, l0_end)
+    assert fvu_end < 0.14 and fvu_end < fvu_init / 6, (fvu_init, fvu_end)
+    assert l0_end < 16 and l0_end < l0_init / 4, (l0_init, l0_end)
     # Nothing renormalises the decoder: its row norms are learned.
     norms = sae.W_dec.norm(dim=1)
     assert norms.min() < 0.5 * norms.max() and norms.mean() > 0.2

@@ -79,7 +79,7 @@ def test_trains_to_low_fvu_with_k_active(fit, token_windows, evaluate):
     fvu_init, _ = evaluate(sae, token_windows)
     module = fit(sae, token_windows, loss=LossConfig(auxk=1 / 32), steps=200, lr=1e-2)
     fvu_end, l0_end = evaluate(sae, token_windows)
-    assert fvu_end < 0.1 and fvu_end < fvu_init / 4, (fvu_init, fvu_end)
+    assert fvu_end < 0.13 and fvu_end < fvu_init / 6, (fvu_init, fvu_end)
     with torch.no_grad():
         out = sae(token_windows)
     # Exactly k active, unless fewer than k pre-activations are positive.
