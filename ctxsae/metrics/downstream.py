@@ -1,0 +1,109 @@
+"""Does the LM still work on the SAE's reconstruction? The splice test.
+
+The LM runs on the evaluation windows four times, with the activation at the hook replaced (via
+nnsight) at every kept position at once:
+
+    clean      the LM as it is
+    spliced    the SAE's reconstruction, denormalised to the LM's units (``sae.denormalize``)
+    zero       zero ablation: the hook's output set to 0
+    mean       mean ablation: the mean activation of the evaluation set at every position
+
+Replacing every position at once is legitimate because every SAE here is causal: the code at t
+never reads later activations. The masked positions (the attention sink at each window start)
+keep their clean activation in every condition, and next-token losses are averaged over the
+kept positions that have a next token, in every condition alike.
+
+    ce_recovered_zero = (CE_zero - CE_spliced) / (CE_zero - CE_clean)     1: as good as clean, 0: as bad as zeroing
+    ce_recovered_mean = (CE_mean - CE_spliced) / (CE_mean - CE_clean)     the same against the (harder) mean baseline
+    kl_spliced        = mean KL(p_clean || p_spliced) of the next-token distributions
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ctxsae.extract.activations import first
+from ctxsae.models.base import SAE
+
+CONDITIONS = ("clean", "spliced", "zero", "mean")
+
+
+def set_output(envoy: Any, value: Tensor) -> None:
+    """Replace a module's output in an nnsight trace; the hidden state leads a tuple output if any."""
+    output = envoy.output
+    envoy.output = (value, *output[1:]) if isinstance(output, tuple) else value
+
+
+def patched_logits(nn_lm: Any, envoy: Any, ids_BT: Tensor, patch: Callable[[Tensor], Tensor] | None) -> Tensor:
+    """Logits [B, T, V] of the LM (an ``nnsight.NNsight``) with ``patch(hook activation)`` written back."""
+    with nn_lm.trace(ids_BT):
+        if patch is not None:
+            set_output(envoy, patch(first(envoy.output)))
+        logits = nn_lm.output.logits.save()
+    return logits
+
+
+def next_token_logprobs(logits_BTV: Tensor) -> Tensor:
+    """log p(. | tokens <= t) [B, T-1, V] at the positions that have a next token."""
+    return F.log_softmax(logits_BTV[:, :-1].float(), dim=-1)
+
+
+class Downstream:
+    """Streaming sums of CE per condition and KL(clean || condition) over the scored positions."""
+
+    def __init__(self):
+        self.n = 0
+        self.ce = dict.fromkeys(CONDITIONS, 0.0)
+        self.kl = dict.fromkeys(CONDITIONS[1:], 0.0)
+
+    @torch.no_grad()
+    def update(self, nn_lm: Any, envoy: Any, sae: SAE, ids_BT: Tensor, doc_start_BT: Tensor, mask_BT: Tensor,
+               mean_act_D: Tensor) -> None:
+        """One batch of windows: token ids, document starts and the kept-position mask, on the LM's device."""
+        keep = mask_BT[..., None]
+
+        def spliced(h: Tensor) -> Tensor:
+            recon = sae.denormalize(sae(sae.normalize(h.float()), doc_start_BT).reconstruction).to(h.dtype)
+            return torch.where(keep, recon, h)
+
+        patches = {
+            "clean": None,
+            "spliced": spliced,
+            "zero": lambda h: torch.where(keep, torch.zeros_like(h), h),
+            "mean": lambda h: torch.where(keep, mean_act_D.to(h.dtype), h),
+        }
+        scored = mask_BT[:, :-1]  # kept positions that predict a next token
+        target = ids_BT[:, 1:, None]
+        self.n += int(scored.sum())
+        clean_lp = None
+        for name, patch in patches.items():
+            lp = next_token_logprobs(patched_logits(nn_lm, envoy, ids_BT, patch))
+            self.ce[name] += -(lp.gather(-1, target).squeeze(-1) * scored).sum().item()
+            if clean_lp is None:
+                clean_lp = lp
+            else:
+                kl = (clean_lp.exp() * (clean_lp - lp)).sum(-1)
+                self.kl[name] += (kl * scored).sum().item()
+            del lp
+
+    def compute(self) -> dict[str, float]:
+        n = max(self.n, 1)
+        ce = {k: v / n for k, v in self.ce.items()}
+        return {
+            **{f"ce_{k}": v for k, v in ce.items()},
+            "ce_recovered_zero": ce_recovered(ce["zero"], ce["spliced"], ce["clean"]),
+            "ce_recovered_mean": ce_recovered(ce["mean"], ce["spliced"], ce["clean"]),
+            **{f"kl_{k}": v / n for k, v in self.kl.items()},
+            "n_tokens": self.n,
+        }
+
+
+def ce_recovered(ce_ablated: float, ce_spliced: float, ce_clean: float) -> float:
+    """Share of the CE gap between an ablation and the clean LM that the splice closes."""
+    gap = ce_ablated - ce_clean
+    return (ce_ablated - ce_spliced) / gap if abs(gap) > 1e-12 else float("nan")
