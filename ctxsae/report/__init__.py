@@ -1,0 +1,1 @@
+"""Figures and tables over one run (evaluation) or many (sweep reports)."""
