@@ -1,0 +1,37 @@
+"""Evaluate one trained SAE: glue between Hydra and ctxsae.evaluate.
+
+    python evaluate.py run=outputs/runs/<date>/<time>_topk      (or run=.../sae.safetensors)
+    python evaluate.py -m run=<dir a>,<dir b>                    (several runs, one after another)
+
+Writes eval.json, eval.md and eval_heatmap_*.png into the run directory and logs the same figures
+with the run's hyperparameters to its TensorBoard directory (tb/: the HParams view compares runs).
+"""
+
+import sys
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from ctxsae.errors import UserError
+from ctxsae.evaluate import register_eval_config
+
+register_eval_config()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="eval")
+def main(cfg: DictConfig) -> float | None:
+    from ctxsae.evaluate import evaluate_run
+
+    try:
+        results = evaluate_run(OmegaConf.to_object(cfg))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    run_dir = results["run"]["run_dir"]
+    print((open(f"{run_dir}/eval.md").read().split("\n## ")[0]).rstrip())
+    print(f"\n  full tables  {run_dir}/eval.md  ({run_dir}/eval.json)\n  TensorBoard  tensorboard --logdir {run_dir}")
+    return results["reconstruction"]["fvu"]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""evaluate.py end to end (train.py then evaluate.py, tiny LM, local text, a fake fortunes install),
+and the orchestration in-process on synthetic data (no LM)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+from ctxsae.cache.store import CacheConfig
+from ctxsae.data.synthetic import SyntheticSource
+from ctxsae.errors import UserError
+from ctxsae.evaluate import EvalConfig, evaluate, evaluate_fast, resolve_run
+from ctxsae.metrics.basic import fvu
+from ctxsae.models.topk import TopKSAE
+from ctxsae.train.datamodule import ActivationDataModule, DataConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+TEXT = "\n".join(f"Line {i}: the quick brown fox jumps over the lazy dog. Der schnelle Fuchs {i}." for i in range(300))
+ENV = os.environ | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+def fake_fortunes(root: Path) -> Path:
+    """English (top level) and German (de/) fortune files, 12 entries each, in the Debian layout."""
+    (root / "de").mkdir(parents=True)
+    (root / "fortunes").write_text("".join(f"Fortune {i}: a stitch in time saves nine, they say.\n%\n" for i in range(12)))
+    (root / "de" / "witze").write_text("".join(f"Witz {i}: wer zuletzt lacht, lacht am besten, sagt man.\n%\n" for i in range(12)))
+    return root
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("eval")
+    (tmp / "corpus.txt").write_text(TEXT)
+    train = [
+        sys.executable, "train.py", "lm=tiny", "data=local", f"data.source.data_files={tmp / 'corpus.txt'}",
+        "data.n_ctx=32", "data.max_windows=128", "data.batch_windows=8", "model.d_sae=128", "model.k=8",
+        f"cache.root={tmp / 'cache'}", f"hydra.run.dir={tmp / 'run'}", "trainer.enable_progress_bar=false",
+        "trainer.max_tokens=4096", "trainer.val_every_n_steps=10",
+    ]
+    result = subprocess.run(train, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    ev = [
+        sys.executable, "evaluate.py", f"run={tmp / 'run'}", f"probe.root={fake_fortunes(tmp / 'fortunes')}",
+        "probe.pairs=[en-de]", "probe.n_windows=12", "heatmap_windows=1",
+    ]
+    result = subprocess.run(ev, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return tmp / "run", result.stdout
+
+
+def test_evaluate_writes_json_markdown_figures(evaluated):
+    run_dir, stdout = evaluated
+    r = json.loads((run_dir / "eval.json").read_text())
+    assert {"run", "reconstruction", "sparsity", "temporal", "context", "downstream", "language_switch",
+            "synthetic", "skipped", "hparams", "figures", "seconds"} <= set(r)
+    assert r["run"]["model"] == "TopKSAE" and r["run"]["evaluated_windows"] == r["run"]["val_windows"] > 0
+    assert 0 <= r["reconstruction"]["fvu"] < 1.5 and r["sparsity"]["l0"] == pytest.approx(8, abs=0.5)
+    d = r["downstream"]
+    assert {"ce_clean", "ce_spliced", "ce_zero", "ce_mean", "ce_recovered_zero", "ce_recovered_mean", "kl_spliced"} <= set(d)
+    assert d["kl_spliced"] > 0 and d["n_tokens"] == r["run"]["val_windows"] * 30  # 31 kept positions, the last unscored
+    p = r["language_switch"]
+    assert p["n_windows"] == p["n_control_windows"] == 12 and 0 <= p["auroc_heldout"] <= 1
+    assert r["context"] is None and r["synthetic"] is None and "no context pathway" in r["skipped"]["context"]
+    assert r["hparams"]["model"]["k"] == 8 and r["hparams"]["lm"]["layer"] == 1
+    assert sorted(Path(f).name for f in r["figures"]) == ["eval_heatmap_switch.png", "eval_heatmap_val0.png"]
+    assert all(Path(f).stat().st_size > 1000 for f in r["figures"])
+    md = (run_dir / "eval.md").read_text()
+    assert "| FVU |" in md and "## downstream" in md and "ce_recovered_zero" in md and "## language switch" in md
+    assert "| FVU |" in stdout and "eval.md" in stdout
+
+
+def test_evaluate_logs_scalars_hparams_and_figures_to_tensorboard(evaluated):
+    run_dir, _ = evaluated
+    files = list((run_dir / "tb").glob("events.out.tfevents.*.eval"))
+    assert len(files) == 1
+    tags = {v.tag: v.metadata.plugin_data.plugin_name for ev in EventFileLoader(str(files[0])).Load() for v in ev.summary.value}
+    assert tags["_hparams_/session_start_info"] == "hparams" and tags["_hparams_/experiment"] == "hparams"
+    assert {"eval/reconstruction/fvu", "eval/downstream/ce_recovered_zero", "eval/language_switch/auroc_heldout"} <= set(tags)
+    assert tags["eval/heatmap_val0"] == "images" and tags["eval/sparsity/log10_firing_frequency"] == "histograms"
+
+
+class ContextTopK(TopKSAE):
+    """A TopK SAE that reports a context statistic: the number of windows in the batch it saw."""
+
+    def context_stats(self, out):
+        return {"windows_in_batch": float(out.codes.shape[0])}
+
+
+@pytest.fixture(scope="module")
+def synthetic_dm(tmp_path_factory):
+    source = SyntheticSource(d_in=16, n_windows=40, n_ctx=16, n_region_groups=2, group_size=2, n_token_features=16, seed=0)
+    dm = ActivationDataModule(source, DataConfig(n_ctx=16, exclude_first=0, val_fraction=0.1),
+                              CacheConfig(root=str(tmp_path_factory.mktemp("cache"))))
+    dm.prepare_data()
+    dm.setup()
+    return dm
+
+
+def test_synthetic_data_gets_ground_truth_figures_and_no_lm_figures(synthetic_dm):
+    torch.manual_seed(0)
+    sae = ContextTopK(16, 32, k=4)
+    sae.act_scale.fill_(synthetic_dm.scale)
+    results, figures = evaluate(sae, synthetic_dm, EvalConfig(batch_windows=3, heatmap_windows=1))
+    assert results["downstream"] is None and results["language_switch"] is None
+    assert "no LM" in results["skipped"]["downstream"]
+    s = results["synthetic"]
+    assert {"recovery", "gt_l0", "onset_decoder_precision", "gt_region_fire_share", "gt_region_coverage"} <= set(s)
+    # val split: 4 windows in batches of 3 and 1, each statistic weighted by its batch's positions
+    assert results["context"] == {"windows_in_batch": pytest.approx((3 * 3 + 1 * 1) / 4)}
+    assert list(figures) == ["heatmap_val0"]
+
+
+def test_evaluate_fast_scores_exactly_the_held_out_windows(synthetic_dm):
+    torch.manual_seed(0)
+    sae = TopKSAE(16, 32, k=4)
+    sae.act_scale.fill_(synthetic_dm.scale)
+    r = evaluate_fast(sae, synthetic_dm)
+    val = synthetic_dm.dataset("val").__getitems__(list(range(len(synthetic_dm.val_idx))))
+    with torch.no_grad():
+        out = sae(val.x_BTD, val.doc_start_BT)
+    assert r["reconstruction"]["fvu"] == pytest.approx(fvu(val.x_BTD, out.reconstruction, val.mask_BT).item(), rel=1e-5)
+    assert r["sparsity"]["l0"] == pytest.approx(4) and r["sparsity"]["n_tokens"] == 4 * 16
+    assert set(r) == {"reconstruction", "sparsity", "temporal", "context", "synthetic"}
+
+
+def test_bad_run_paths_name_the_fix(tmp_path):
+    with pytest.raises(UserError, match="no such directory"):
+        resolve_run(str(tmp_path / "missing"))
+    with pytest.raises(UserError, match="has not finished"):
+        resolve_run(str(tmp_path))
+    (tmp_path / "sae.safetensors").write_bytes(b"")
+    with pytest.raises(UserError, match="no config.yaml"):
+        resolve_run(str(tmp_path / "sae.safetensors"))
