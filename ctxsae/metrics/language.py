@@ -32,8 +32,10 @@ in-sample figure). For the chosen latent, over the switch windows:
   that fires once per region: 0; a per-token language latent: close to its coverage);
 * ``false_alarm_rate``: firings per position of A before s-1.
 
-``region_auroc`` asks the other question with *effective* codes: does some latent's effective code
-track "we are in language B" (B positions against A positions of the switch windows)?
+``language_auroc`` asks the other question with *effective* codes: for each language X, does some
+latent's effective code say "this is X" wherever the text is in X (positions of the switch windows
+in X against those in the other languages)? The latent is again picked on the even windows;
+``language_auroc_heldout`` is the mean over languages of the picked latents' held-out AUROC.
 """
 
 from __future__ import annotations
@@ -137,11 +139,15 @@ def switch_auroc(codes_NTF: Tensor, valid_NT: Tensor, switch_N: Tensor, control_
     return {"auroc": (scores["elsewhere_auroc"] + scores["boundary_auroc"]) / 2, **scores}
 
 
-def region_auroc(effective_NTF: Tensor, valid_NT: Tensor, switch_N: Tensor) -> Tensor:
-    """[F] AUROC of the effective code for "this position is in language B" (B positions vs A positions)."""
-    t = torch.arange(effective_NTF.shape[1])[None]
-    in_b = valid_NT & (t >= switch_N[:, None])
-    return auroc(effective_NTF[in_b], effective_NTF[valid_NT & ~in_b])
+def position_languages(windows: SwitchWindows) -> list[list[str]]:
+    """The language of each position: A's before the switch, B's from it on."""
+    T = windows.valid_NT.shape[1]
+    return [[a] * int(s) + [b] * (T - int(s)) for (a, b), s in zip((p.split("-") for p in windows.pair_N), windows.switch_N)]
+
+
+def language_auroc(effective_NTF: Tensor, valid_NT: Tensor, is_x_NT: Tensor) -> Tensor:
+    """[F] AUROC of the effective code for "this position is in language X" (X positions vs other kept ones)."""
+    return auroc(effective_NTF[valid_NT & is_x_NT], effective_NTF[valid_NT & ~is_x_NT])
 
 
 def latent_timing(fire_NT: Tensor, valid_NT: Tensor, switch_N: Tensor) -> dict[str, float]:
@@ -177,14 +183,21 @@ def switch_probe(codes_NTF: Tensor, effective_NTF: Tensor, windows: SwitchWindow
     def sw(rows: Tensor) -> dict[str, Tensor]:
         return switch_auroc(codes_NTF[rows], valid[rows], switch[rows], control[rows])
 
-    def reg(rows: Tensor) -> Tensor:
+    lang_NT = position_languages(windows)
+    languages = sorted({x for row, c in zip(lang_NT, control.tolist()) if not c for x in row})
+
+    def lang(rows: Tensor, x: str) -> Tensor:
         rows = rows & ~control
-        return region_auroc(effective_NTF[rows], valid[rows], switch[rows])
+        is_x = torch.tensor([[y == x for y in lang_NT[n]] for n in rows.nonzero().flatten().tolist()], dtype=torch.bool)
+        return language_auroc(effective_NTF[rows], valid[rows], is_x.view(-1, valid.shape[1]))
 
     picked, held_out = sw(select), sw(~select)
     latent = int(picked["auroc"].argmax())
-    region_sel = reg(select)
-    region_latent = int(region_sel.argmax())
+    by_language = {}
+    for x in languages:
+        picked_x = lang(select, x)
+        best = int(picked_x.argmax())
+        by_language[x] = {"latent": best, "auroc_select": float(picked_x[best]), "auroc_heldout": float(lang(~select, x)[best])}
     fire = codes_NTF[..., latent] != 0
     by_pair = {}
     for pair in sorted({p for p, c in zip(windows.pair_N, control.tolist()) if not c}):
@@ -200,7 +213,7 @@ def switch_probe(codes_NTF: Tensor, effective_NTF: Tensor, windows: SwitchWindow
         **latent_timing(fire[~control], valid[~control], switch[~control]),
         "control_hit_rate": (fire[control] & near_boundary(switch[control], fire.shape[1])).any(1).double().mean().item(),
         "auroc_by_pair": by_pair,
-        "region_latent": region_latent,
-        "region_auroc_select": float(region_sel[region_latent]),
-        "region_auroc_heldout": float(reg(~select)[region_latent]),
+        "language_auroc_select": sum(v["auroc_select"] for v in by_language.values()) / len(by_language),
+        "language_auroc_heldout": sum(v["auroc_heldout"] for v in by_language.values()) / len(by_language),
+        "language_auroc_by_language": by_language,
     }

@@ -59,12 +59,14 @@ def test_a_latent_firing_exactly_at_language_switches_is_found_with_auroc_one():
     codes[rows, w.switch_N, 7] = 3.0  # a paragraph detector: fires at the control boundaries too
     effective = torch.zeros(N, T, F)
     t = torch.arange(T)[None]
-    effective[..., 9] = ((t >= w.switch_N[:, None]) & ~w.control_N[:, None]).float()  # "in language B" state
+    effective[..., 9] = ((t >= w.switch_N[:, None]) | w.control_N[:, None]).float()  # "this is German" state
+    effective[..., 11] = ((t < w.switch_N[:, None]) & ~w.control_N[:, None]).float()  # "this is English" state
     r = switch_probe(codes, effective, w)
     assert r["latent"] == 5 and r["auroc_heldout"] == 1 and r["boundary_auroc_heldout"] == 1
     assert r["hit_rate"] == 1 and r["latency"] == 0 and r["refire_rate"] == 0 and r["false_alarm_rate"] == 0
     assert r["control_hit_rate"] == 0 and r["auroc_by_pair"] == {"en-de": 1.0}
-    assert r["region_latent"] == 9 and r["region_auroc_heldout"] == 1
+    assert r["language_auroc_heldout"] == 1
+    assert {x: v["latent"] for x, v in r["language_auroc_by_language"].items()} == {"de": 9, "en": 11}
     codes[..., 5] = 0  # without it, the paragraph latent wins on everything but the control boundaries
     r = switch_probe(codes, effective, w)
     assert r["latent"] == 7 and r["elsewhere_auroc_heldout"] == 1 and r["boundary_auroc_heldout"] == 0.5
