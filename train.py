@@ -21,11 +21,13 @@ register_configs()
 def main(cfg: DictConfig) -> float:
     from ctxsae.train.run import format_summary, train
 
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        summary = train(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except (UserError, FloatingPointError, InstantiationException) as e:
+        summary = train(cfg, run_dir)
+    except Exception as e:
         # Hydra wraps errors raised while building a _target_; ours are one-line UserErrors underneath.
-        cause = e.__cause__ if isinstance(e, InstantiationException) else e
+        cause = e.__cause__ if isinstance(e, InstantiationException) and e.__cause__ else e
+        (run_dir / "failed.txt").write_text(f"{type(cause).__name__}: {cause}\n")  # the sweep report lists it
         if not isinstance(cause, (UserError, FloatingPointError)):
             raise
         print(f"error: {cause}", file=sys.stderr)

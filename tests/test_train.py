@@ -17,11 +17,11 @@ ROOT = Path(__file__).resolve().parents[1]
 TEXT = "\n".join(f"Line {i}: the quick brown fox jumps over the lazy dog. Der schnelle Fuchs {i}." for i in range(300))
 
 
-def run(tmp_path: Path, *overrides: str, run_dir: str = "run", wait: bool = True):
+def run(tmp_path: Path, *overrides: str, run_dir: str = "run", wait: bool = True, multirun: bool = False):
     text = tmp_path / "corpus.txt"
     text.write_text(TEXT)
     args = [
-        sys.executable, "train.py", "lm=tiny", "data=local", f"data.source.data_files={text}",
+        sys.executable, "train.py", *(["-m"] if multirun else []), "lm=tiny", "data=local", f"data.source.data_files={text}",
         "data.n_ctx=32", "data.max_windows=128", "data.batch_windows=8", "model.d_sae=128", "model.k=8",
         f"cache.root={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / run_dir}",
         "trainer.enable_progress_bar=false", "trainer.max_tokens=8192", "trainer.val_every_n_steps=10", *overrides,
@@ -88,3 +88,26 @@ def test_config_typo_fails_at_start_up(tmp_path):
     result = run(tmp_path, "model.kk=3")
     assert result.returncode != 0 and "Key 'kk' not in 'TopKConfig'" in result.stderr
     assert not (tmp_path / "cache").exists()  # nothing ran
+
+
+def test_submitit_local_multirun_shares_one_cache_and_reruns_skip_finished_jobs(tmp_path):
+    sweep = tmp_path / "sweep"
+    overrides = ("hydra/launcher=local", "hydra.launcher.cpus_per_task=1", f"hydra.sweep.dir={sweep}",
+                 "hydra.sweep.subdir=${hydra.job.num}", "model.k=4,8", "trainer.max_tokens=1024")
+    result = run(tmp_path, *overrides, multirun=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    summaries = [json.loads((sweep / str(i) / "summary.json").read_text()) for i in (0, 1)]
+    assert [round(s["l0"]) for s in summaries] == [4, 8]
+    assert len({s["cache"] for s in summaries}) == 1 and len(list((tmp_path / "cache").iterdir())) == 1
+    mtimes = [(sweep / str(i) / "sae.safetensors").stat().st_mtime_ns for i in (0, 1)]
+    again = run(tmp_path, *overrides, multirun=True)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert [(sweep / str(i) / "sae.safetensors").stat().st_mtime_ns for i in (0, 1)] == mtimes  # not retrained
+
+
+def test_ddp_on_two_cpu_processes(tmp_path):
+    result = run(tmp_path, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_tokens=4096")
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["train_tokens"] == 4096  # 8 steps of 2 processes x 8 windows x 32 tokens
+    assert result.stdout.count("ctxsae run summary") == 1  # one process reports

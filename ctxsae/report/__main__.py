@@ -1,0 +1,124 @@
+"""Aggregate a sweep: one row per run, a CSV, a Markdown table and Pareto plots.
+
+    python -m ctxsae.report outputs/sweeps/pareto [--out DIR]
+
+Every job directory under the sweep (one holding Hydra's ``.hydra/`` or a ``config.yaml``) becomes
+a row, finished or not: failed and unfinished runs are listed with their status, never dropped.
+Figures come from ``summary.json`` (training) and, where ``python evaluate.py`` ran, ``eval.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from ctxsae.report.markdown import flatten
+from ctxsae.report.plots import pareto_plot
+
+# column -> where it comes from: "summary:<key>" or "eval:<flattened key>" or "config:<dotted key>"
+COLUMNS = {
+    "run": None,
+    "status": None,
+    "model": "summary:model",
+    "k": "config:model.k",
+    "sparsity_coef": "config:loss.sparsity",
+    "d_sae": "config:model.d_sae",
+    "layer": "config:lm.layer",
+    "fvu": "summary:fvu",
+    "l0": "summary:l0",
+    "l0_effective": "summary:l0_effective",
+    "ce_recovered": "eval:downstream/ce_recovered_zero",
+    "flicker": "eval:temporal/flicker_novel/weighted",
+    "switch_auroc": "eval:language_switch/auroc_heldout",
+    "tokens_per_s": "summary:train_tokens_per_s",
+}
+
+
+def job_dirs(sweep: Path) -> list[Path]:
+    """Every job directory: it has Hydra's .hydra/ (written at launch) or train.py's config.yaml."""
+    launched = {p.parent.parent for p in sweep.rglob(".hydra/config.yaml")}
+    return sorted(launched | {p.parent for p in sweep.rglob("config.yaml") if p.parent.name != ".hydra"})
+
+
+def status_of(job: Path) -> str:
+    if (job / "summary.json").exists():
+        return "finished"
+    if (job / "failed.txt").exists():  # train.py writes it when a run ends in an error
+        return "failed: " + (job / "failed.txt").read_text().strip()[:120]
+    return "unfinished"  # still running, killed, or never started
+
+
+def row_of(job: Path, sweep: Path) -> dict:
+    summary = json.loads((job / "summary.json").read_text()) if (job / "summary.json").exists() else {}
+    evaluated = flatten(json.loads((job / "eval.json").read_text())) if (job / "eval.json").exists() else {}
+    cfg_path = job / "config.yaml" if (job / "config.yaml").exists() else job / ".hydra" / "config.yaml"
+    cfg = OmegaConf.load(cfg_path)
+    row = {"run": str(job.relative_to(sweep)), "status": status_of(job)}
+    for column, source in COLUMNS.items():
+        if source is None:
+            continue
+        kind, key = source.split(":", 1)
+        value = {"summary": summary.get(key), "eval": evaluated.get(key), "config": OmegaConf.select(cfg, key, default=None)}[kind]
+        row[column] = value
+    if row["model"] is None:  # unfinished: name the architecture from its config target
+        row["model"] = str(OmegaConf.select(cfg, "model._target_", default="?")).rsplit(".", 1)[-1]
+    return row
+
+
+def _fmt(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def markdown(rows: list[dict]) -> str:
+    head = "| " + " | ".join(COLUMNS) + " |"
+    rule = "|" + "---|" * len(COLUMNS)
+    return "\n".join([head, rule, *("| " + " | ".join(_fmt(r.get(c)) for c in COLUMNS) + " |" for r in rows)]) + "\n"
+
+
+def report(sweep: Path, out: Path | None = None) -> list[dict]:
+    out = out or sweep
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [row_of(job, sweep) for job in job_dirs(sweep)]
+    rows.sort(key=lambda r: (r["model"], r.get("l0") or 0))
+    with open(out / "report.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(COLUMNS))
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / "report.md").write_text(markdown(rows))
+    finished = [r for r in rows if r["status"] == "finished"]
+    pareto_plot(finished, x="l0", y="fvu", path=out / "pareto_l0_fvu.png")
+    pareto_plot(finished, x="l0", y="ce_recovered", path=out / "pareto_l0_ce.png")
+    _log_tensorboard(out, finished)
+    return rows
+
+
+def _log_tensorboard(out: Path, rows: list[dict]) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(out / "tb_report")) as writer:
+        writer.add_figure("pareto/l0_vs_fvu", pareto_plot(rows, x="l0", y="fvu"))
+        writer.add_figure("pareto/l0_vs_ce_recovered", pareto_plot(rows, x="l0", y="ce_recovered"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m ctxsae.report", description=__doc__.splitlines()[0])
+    parser.add_argument("sweep", type=Path, help="a multirun directory (e.g. outputs/sweeps/pareto)")
+    parser.add_argument("--out", type=Path, default=None, help="where to write report.csv/.md and the plots (default: the sweep dir)")
+    args = parser.parse_args()
+    if not args.sweep.is_dir():
+        raise SystemExit(f"error: {args.sweep} is not a directory: pass the sweep's output directory (hydra.sweep.dir)")
+    rows = report(args.sweep, args.out)
+    print(markdown(rows))
+    counts = {s: sum(r["status"].startswith(s) for r in rows) for s in ("finished", "failed", "unfinished")}
+    print(f"{len(rows)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f"; written to {args.out or args.sweep}")
+
+
+if __name__ == "__main__":
+    main()

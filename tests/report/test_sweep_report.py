@@ -1,0 +1,39 @@
+import csv
+import json
+
+from omegaconf import OmegaConf
+
+from ctxsae.report.__main__ import report
+
+
+def job(root, name, model="ctxsae.models.topk.TopKSAE", k=8, summary=None, failed=None, launched_only=False):
+    d = root / name
+    cfg = OmegaConf.create({"model": {"_target_": model, "k": k, "d_sae": 64}, "loss": {"sparsity": 0.0}, "lm": {"layer": 1}})
+    (d / ".hydra").mkdir(parents=True)
+    OmegaConf.save(cfg, d / ".hydra" / "config.yaml")
+    if not launched_only:
+        OmegaConf.save(cfg, d / "config.yaml")
+    if summary:
+        (d / "summary.json").write_text(json.dumps(summary))
+    if failed:
+        (d / "failed.txt").write_text(failed)
+
+
+def test_every_run_is_a_row_with_its_status_and_figures(tmp_path):
+    job(tmp_path, "a", summary={"model": "TopKSAE", "fvu": 0.2, "l0": 8.0, "l0_effective": 8.0, "train_tokens_per_s": 1e4})
+    job(tmp_path, "b", k=16, summary={"model": "TopKSAE", "fvu": 0.1, "l0": 16.0, "l0_effective": 16.0, "train_tokens_per_s": 1e4})
+    (tmp_path / "b" / "eval.json").write_text(json.dumps({"downstream": {"ce_recovered_zero": 0.9}}))
+    job(tmp_path, "c", model="ctxsae.models.relu.ReLUSAE", failed="FloatingPointError: loss is nan")
+    job(tmp_path, "d", launched_only=True)
+
+    rows = {r["run"]: r for r in report(tmp_path)}
+    assert rows["a"]["status"] == "finished" and rows["a"]["fvu"] == 0.2 and rows["a"]["k"] == 8
+    assert rows["b"]["ce_recovered"] == 0.9 and rows["a"]["ce_recovered"] is None
+    assert rows["c"]["status"].startswith("failed: FloatingPointError") and rows["c"]["model"] == "ReLUSAE"
+    assert rows["d"]["status"] == "unfinished"
+    with open(tmp_path / "report.csv") as f:
+        assert len(list(csv.DictReader(f))) == 4
+    md = (tmp_path / "report.md").read_text()
+    assert md.count("\n") == 6 and "failed: FloatingPointError" in md
+    assert (tmp_path / "pareto_l0_fvu.png").stat().st_size > 1000
+    assert list((tmp_path / "tb_report").glob("events.out.tfevents.*"))
