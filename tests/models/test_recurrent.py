@@ -1,0 +1,139 @@
+"""RecurrentSAE: the contextual rules of notes/CONTEXTUAL.md, and what it buys on synthetic data."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from ctxsae.data.synthetic import SyntheticConfig, generate
+from ctxsae.metrics.basic import fvu, l0
+from ctxsae.models.recurrent import RecurrentConfig, RecurrentSAE
+from ctxsae.models.topk import TopKSAE
+from ctxsae.train.objective import LossConfig
+
+D, F, K, B, T = 32, 96, 6, 3, 24
+
+
+def mixed_sae(dtype=torch.float64) -> RecurrentSAE:
+    """Context open: a third of the latents hold exactly, a third decay, a third are token latents."""
+    torch.manual_seed(0)
+    sae = RecurrentSAE(D, F, K).to(dtype).eval()
+    with torch.no_grad():
+        sae.retention_raw.copy_(torch.tensor([1.0, 0.7, 0.0]).repeat(F // 3) / sae.retention_speed)
+        sae.b_enc.fill_(-0.5)  # fewer than K positive targets at some positions: resets must happen
+    return sae
+
+
+def identity_sae(k: int, retention: float) -> RecurrentSAE:
+    """d_sae = d_in and latent j reads and writes basis direction j: codes are easy to predict."""
+    sae = RecurrentSAE(D, D, k=k, drop_below=0.1).double().eval()
+    with torch.no_grad():
+        sae.W_dec.copy_(torch.eye(D))
+        sae.W_enc.copy_(torch.eye(D))
+        sae.retention_raw.fill_(retention / sae.retention_speed)
+    return sae
+
+
+def windows(dtype=torch.float64, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(B, T, D, generator=g, dtype=dtype) * 2
+
+
+def test_config_builds_the_model():
+    sae = instantiate(OmegaConf.structured(RecurrentConfig(d_in=D, d_sae=F, k=K, retention_init=0.25)))
+    assert isinstance(sae, RecurrentSAE) and sae.k == K and torch.allclose(sae.retention(), torch.tensor(0.25))
+
+
+def test_strictly_causal():
+    sae, x = mixed_sae(), windows()
+    out = sae(x)
+    for t0 in (0, 7, T - 2):
+        x2 = x.clone()
+        x2[:, t0 + 1 :] = torch.randn_like(x2[:, t0 + 1 :])
+        out2 = sae(x2)
+        for a, b in zip(out[:3], out2[:3]):
+            assert torch.equal(a[:, : t0 + 1], b[:, : t0 + 1])
+        assert not torch.equal(out.reconstruction, out2.reconstruction)
+
+
+def test_document_start_resets_the_state():
+    sae, x = mixed_sae(), windows()
+    doc_start = torch.zeros(B, T, dtype=torch.bool)
+    doc_start[:, 0] = doc_start[:, 10] = True
+    out = sae(x, doc_start)
+    x2 = x.clone()
+    x2[:, :10] = torch.randn_like(x2[:, :10])
+    out2 = sae(x2, doc_start)
+    for a, b in zip(out[:3], out2[:3]):
+        assert torch.equal(a[:, 10:], b[:, 10:])
+    # Nothing is carried into a document start, though the same position without it carries.
+    assert torch.equal(out.codes[:, 10], out.effective_codes[:, 10])
+    no_reset = sae(x)
+    assert not torch.equal(no_reset.codes[:, 10], no_reset.effective_codes[:, 10])
+
+
+def test_attribution_sums_to_the_effective_code():
+    sae, x = mixed_sae(torch.float32), windows(torch.float32)
+    out = sae(x)
+    b, t, i = out.effective_codes.nonzero(as_tuple=True)
+    longest = 0
+    for j in range(0, len(b), 7):
+        events = sae.attribute(out, int(b[j]), int(t[j]), int(i[j]))
+        assert all(s <= int(t[j]) for s, _ in events)
+        assert sum(c for _, c in events) == pytest.approx(out.effective_codes[b[j], t[j], i[j]].item(), abs=1e-5)
+        longest = max(longest, len(events))
+    assert longest >= 3  # runs with onsets and adjustments were attributed, not just same-position codes
+
+
+def test_diffs_switch_a_held_latent_off():
+    sae = identity_sae(k=2, retention=0.0)
+    with torch.no_grad():
+        sae.retention_raw[0] = 1.0  # latent 0 holds exactly (lambda clamps at 1); the others are token latents
+    x = torch.zeros(1, 8, D, dtype=torch.float64)
+    x[0, :4, 0] = 3.0  # latent 0 on for 4 positions
+    x[0, :, 1] = 1.0  # a second latent, re-sent every position (a token latent)
+    out = sae(x)
+    a0, z0 = out.effective_codes[0, :, 0], out.codes[0, :, 0]
+    assert torch.equal(a0[:4], torch.full((4,), 3.0, dtype=torch.float64))
+    assert z0[0] == 3.0 and torch.all(z0[1:4] == 0)  # one onset, then held for free
+    assert z0[4] == -3.0 and torch.all(a0[4:] == 0)  # a negative code switches it off, to exactly 0
+    assert torch.allclose(out.reconstruction, x)
+
+
+def test_decayed_values_are_dropped_to_exact_zero():
+    sae = identity_sae(k=1, retention=0.5)
+    x = torch.zeros(1, 8, D, dtype=torch.float64)
+    x[0, 0, 0] = 1.0
+    x[0, 1:, 1] = torch.arange(5.0, 12.0)  # takes the only code from position 1 on: latent 0 is left alone
+    a0 = sae(x).effective_codes[0, :, 0]
+    # 1, 1/2, 1/4, 1/8 survive (>= 0.1 of the set value); 1/16 would not, so it is exactly 0.
+    assert torch.equal(a0, torch.tensor([1, 0.5, 0.25, 0.125, 0, 0, 0, 0], dtype=torch.float64))
+
+
+def test_starts_closed_as_topk():
+    torch.manual_seed(0)
+    sae = RecurrentSAE(D, F, K)
+    topk = TopKSAE(D, F, K)
+    topk.load_state_dict({n: p for n, p in sae.state_dict().items() if n != "retention_raw"})
+    x = windows(torch.float32)
+    out, ref = sae(x), topk(x)
+    assert torch.equal(out.codes, ref.codes) and torch.equal(out.effective_codes, ref.codes)
+    assert torch.allclose(out.reconstruction, ref.reconstruction, atol=1e-5)
+    stats = sae.context_stats(out)
+    assert stats["context_energy_share"] == 0 and stats["carried_fraction"] == 0
+    assert stats["context_params"] == F
+
+
+def test_closed_context_still_learns_whether_to_open():
+    """At lambda = 0 the retention gradient says whether holding the previous value would have helped."""
+    sae = identity_sae(k=1, retention=0.0)
+    x = torch.zeros(2, 2, D, dtype=torch.float64)
+    x[:, 1, 1] = 5.0  # latent 1 takes the only code at position 1
+    x[0, :, 0] = 3.0  # window 0: latent 0 persists but is not re-sent -> holding would help
+    x[1, 0, 2], x[1, 1, 2] = 3.0, -1.0  # window 1: latent 2 is gone at position 1 -> holding would hurt
+    out = sae.train()(x)
+    (out.reconstruction - x).pow(2).sum().backward()
+    g = sae.retention_raw.grad
+    assert g[0] < 0 and g[2] > 0 and torch.all(g[3:] == 0)
