@@ -41,6 +41,10 @@ def continuation_mask(doc_start_BT: Tensor, mask_BT: Tensor) -> Tensor:
     return cont
 
 
+# Patterns are laid out [B, F, T], time last and contiguous: the scans and sums below run along
+# contiguous memory, several times faster than along the middle axis of [B, T, F].
+
+
 class RunCounts(NamedTuple):
     active: Tensor  # [F] active positions
     starts: Tensor  # [F] runs (a run starts where the latent was not active at a continued t - 1)
@@ -48,54 +52,54 @@ class RunCounts(NamedTuple):
     continued: Tensor  # [F] active positions whose latent was active at t - 1 too
 
 
-def _prev(active_BTF: Tensor, cont_BT: Tensor) -> Tensor:
+def _prev(active_BFT: Tensor, cont_BT: Tensor) -> Tensor:
     """Active at t - 1 and t continues it."""
-    prev = torch.zeros_like(active_BTF)
-    prev[:, 1:] = active_BTF[:, :-1] & cont_BT[:, 1:, None]
+    prev = torch.zeros_like(active_BFT)
+    prev[..., 1:] = active_BFT[..., :-1] & cont_BT[:, None, 1:]
     return prev
 
 
-def run_counts(active_BTF: Tensor, cont_BT: Tensor) -> RunCounts:
+def run_counts(active_BFT: Tensor, cont_BT: Tensor) -> RunCounts:
     """Per-latent run counts of a bool activity pattern (already False at positions not kept)."""
-    prev = _prev(active_BTF, cont_BT)
-    return RunCounts(
-        active_BTF.sum((0, 1)), (active_BTF & ~prev).sum((0, 1)),
-        (prev & ~active_BTF).sum((0, 1)), (active_BTF & prev).sum((0, 1)),
-    )
+    prev = _prev(active_BFT, cont_BT)
+    count = lambda t: t.sum(-1).sum(0)  # noqa: E731  (along T first: contiguous, ~10x faster than sum((0, 2)))
+    return RunCounts(count(active_BFT), count(active_BFT & ~prev), count(prev & ~active_BFT), count(active_BFT & prev))
 
 
 def _rev_cummin(t: Tensor) -> Tensor:
-    return t.flip(1).cummin(1).values.flip(1)
+    return t.flip(-1).cummin(-1).values.flip(-1)
 
 
-def close_gaps(active_BTF: Tensor, cont_BT: Tensor, gap: int) -> Tensor:
+def close_gaps(active_BFT: Tensor, cont_BT: Tensor, gap: int) -> Tensor:
     """``active`` with every silent stretch of at most ``gap`` positions between two active ones filled.
 
     Fills only within a continued stretch (never across a document start or a masked position).
+    A hole at t is filled iff some active t - i and t + j with i + j - 1 <= gap share a stretch:
+    O(gap^2) shifted ANDs, far cheaper than scans over [B, F, T] for the small gaps meant here.
     """
-    B, T, _ = active_BTF.shape
-    t = torch.arange(T, device=active_BTF.device).view(1, T, 1)
-    stretch_first = torch.where(~cont_BT[..., None], t, 0).cummax(1).values  # [B, T, 1]
-    cont_next = torch.zeros_like(cont_BT)
-    cont_next[:, :-1] = cont_BT[:, 1:]
-    stretch_last = _rev_cummin(torch.where(~cont_next[..., None], t, T - 1))
-    last_on = torch.where(active_BTF, t, -1).cummax(1).values
-    next_on = _rev_cummin(torch.where(active_BTF, t, T))
-    inside_gap = (last_on >= stretch_first) & (next_on <= stretch_last) & (next_on - last_on - 1 <= gap)
-    return active_BTF | inside_gap
+    T = active_BFT.shape[-1]
+    stretch_BT = (~cont_BT).cumsum(-1)  # id of the stretch each position belongs to
+    closed = active_BFT.clone()
+    for i in range(1, gap + 1):
+        for j in range(1, gap + 2 - i):
+            if i + j >= T:
+                continue
+            same = (stretch_BT[:, : T - i - j] == stretch_BT[:, i + j :])[:, None]
+            closed[..., i : T - j] |= active_BFT[..., : T - i - j] & active_BFT[..., i + j :] & same
+    return closed
 
 
-def region_lengths(closed_BTF: Tensor, cont_BT: Tensor) -> tuple[Tensor, Tensor]:
-    """Length of the region each position belongs to [B, T, F] (0 outside regions), and region starts."""
-    T = closed_BTF.shape[1]
-    t = torch.arange(T, device=closed_BTF.device).view(1, T, 1)
-    start = closed_BTF & ~_prev(closed_BTF, cont_BT)
-    follows = torch.zeros_like(closed_BTF)
-    follows[:, :-1] = closed_BTF[:, 1:] & cont_BT[:, 1:, None]
-    end = closed_BTF & ~follows
-    start_pos = torch.where(start, t, 0).cummax(1).values
+def region_lengths(closed_BFT: Tensor, cont_BT: Tensor) -> tuple[Tensor, Tensor]:
+    """Length of the region each position belongs to [B, F, T] (0 outside regions), and region starts."""
+    T = closed_BFT.shape[-1]
+    t = torch.arange(T, device=closed_BFT.device, dtype=torch.int32)
+    start = closed_BFT & ~_prev(closed_BFT, cont_BT)
+    follows = torch.zeros_like(closed_BFT)
+    follows[..., :-1] = closed_BFT[..., 1:] & cont_BT[:, None, 1:]
+    end = closed_BFT & ~follows
+    start_pos = torch.where(start, t, 0).cummax(-1).values
     end_pos = _rev_cummin(torch.where(end, t, T - 1))
-    return torch.where(closed_BTF, end_pos - start_pos + 1, 0), start
+    return torch.where(closed_BFT, end_pos - start_pos + 1, 0), start
 
 
 def summarise(values_F: Tensor, weights_F: Tensor) -> dict[str, float]:
@@ -105,6 +109,11 @@ def summarise(values_F: Tensor, weights_F: Tensor) -> dict[str, float]:
         return {"mean": float("nan"), "median": float("nan"), "weighted": float("nan")}
     v, w = values_F[keep].double(), weights_F[keep].double()
     return {"mean": v.mean().item(), "median": v.median().item(), "weighted": ((v * w).sum() / w.sum()).item()}
+
+
+def _pattern(codes_BTF: Tensor, mask_BT: Tensor) -> Tensor:
+    """bool [B, F, T]: non-zero at a kept position."""
+    return ((codes_BTF != 0) & mask_BT[..., None]).transpose(1, 2).contiguous()
 
 
 class Temporal:
@@ -120,16 +129,20 @@ class Temporal:
     @torch.no_grad()
     def update(self, out: SAEOutput, doc_start_BT: Tensor, mask_BT: Tensor) -> None:
         cont = continuation_mask(doc_start_BT, mask_BT)
-        z = (out.codes != 0) & mask_BT[..., None]
-        a = (out.effective_codes != 0) & mask_BT[..., None]
-        self.novel = RunCounts(*(s + n.cpu() for s, n in zip(self.novel, run_counts(z, cont))))
-        self.effective = RunCounts(*(s + n.cpu() for s, n in zip(self.effective, run_counts(a, cont))))
+        a = _pattern(out.effective_codes, mask_BT)
+        same = out.codes is out.effective_codes  # per-token SAEs: count once
+        z = a if same else _pattern(out.codes, mask_BT)
+        eff_counts = run_counts(a, cont)
+        novel_counts = eff_counts if same else run_counts(z, cont)
+        self.novel = RunCounts(*(s + n.cpu() for s, n in zip(self.novel, novel_counts)))
+        self.effective = RunCounts(*(s + n.cpu() for s, n in zip(self.effective, eff_counts)))
         length, start = region_lengths(close_gaps(a, cont, self.gap), cont)
         region = length >= self.min_len
-        self.region_pos += region.sum((0, 1)).cpu()
-        self.region_fires += (region & z).sum((0, 1)).cpu()
-        self.region_active += (region & a).sum((0, 1)).cpu()
-        self.regions += (region & start).sum((0, 1)).cpu()
+        count = lambda t: t.sum(-1).sum(0).cpu()  # noqa: E731
+        self.region_pos += count(region)
+        self.region_active += count(region & a)
+        self.region_fires += count(region & z)
+        self.regions += count(region & start)
 
     def compute(self) -> dict:
         weight = self.effective.active  # "weighted by firing": by active (effective) positions
@@ -163,12 +176,13 @@ def ground_truth_regions(out: SAEOutput, doc_start_NT: Tensor, inside_NTR: Tenso
     (on->off switches of the effective code between two positions of a region, per active position).
     """
     idx = match_R.to(out.codes.device)
-    z = (out.codes[..., idx] != 0).cpu() & inside_NTR
-    a = (out.effective_codes[..., idx] != 0).cpu() & inside_NTR
+    inside = inside_NTR.transpose(1, 2).contiguous()
+    z = (out.codes[..., idx] != 0).cpu().transpose(1, 2) & inside
+    a = (out.effective_codes[..., idx] != 0).cpu().transpose(1, 2) & inside
     cont = continuation_mask(doc_start_NT, torch.ones_like(doc_start_NT))
-    both_inside = _prev(inside_NTR, cont) & inside_NTR
+    both_inside = _prev(inside, cont) & inside
     offs = (_prev(a, cont) & ~a & both_inside).sum()
-    n_in = inside_NTR.sum().clamp_min(1)
+    n_in = inside.sum().clamp_min(1)
     return {
         "fire_share": (z.sum() / n_in).item(),
         "coverage": (a.sum() / n_in).item(),

@@ -8,8 +8,8 @@ from ctxsae.models.base import SAEOutput
 
 
 def pattern(s: str) -> torch.Tensor:
-    """'11010' -> bool [1, T, 1]"""
-    return torch.tensor([c == "1" for c in s]).view(1, -1, 1)
+    """'11010' -> bool [B=1, F=1, T]"""
+    return torch.tensor([c == "1" for c in s]).view(1, 1, -1)
 
 
 def cont(T, doc_starts=(), masked=()):
@@ -64,7 +64,7 @@ def test_contextual_code_fires_once_per_region_a_flickering_one_does_not():
     assert r["flicker_effective"]["mean"] == pytest.approx(1 / 8) and r["run_length_effective"]["mean"] == 8
     assert r["region_coverage"]["mean"] == 1
     # Per-token: fires at 6 of those 8 positions, in runs with one-token holes: one region with holes.
-    z = pattern("001101101100").float()
+    z = pattern("001101101100").float().transpose(1, 2)  # as codes [B, T, F]
     r = score(z, z)
     assert r["region_fires_per_region"]["mean"] == 6 and r["region_fire_share"]["mean"] == pytest.approx(6 / 8)
     assert r["flicker_effective"]["mean"] == pytest.approx(3 / 6) and r["run_length_effective"]["mean"] == 2
