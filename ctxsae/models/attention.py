@@ -1,0 +1,223 @@
+"""Attention SAE: a TopK SAE whose context is sparse causal attention over earlier positions.
+
+The encoder looks back and suppresses; the decoder looks back and treats the feature as active:
+
+    u_s        = TopK_kv(ReLU(pre(x_s)))                  per-token codes at each position: the values
+    score(t,s) = q_h(x_t) . k_h(x_s) / sqrt(d_head) - slope_h (t - s)     for s < t in t's document
+    w_h(t, .)  = softmax over {null} + the n_attend best-scoring s        (every other s: weight exactly 0)
+    p_h[t,i]   = sum_s w_h(t,s) [u_s[i] > 0]              share of head h's attention on positions where i was on
+    c_t[i]     = open_i sum_h pi_hi [p_h[t,i] > 1/2] sum_s w_h(t,s) u_s[i] / p_h[t,i]
+    z_t        = TopK_k(ReLU(pre(x_t - c_t W_dec)))       novel codes: what the context does not explain
+    a_t        = z_t + c_t                                effective codes;  x_hat_t = a_t W_dec + b_dec
+
+c_t[i] is the attention-weighted value of feature i over the attended positions where it was on,
+kept only where those positions hold most of a head's attention. Design choices, and why:
+
+* **Values are per-token codes, not novel codes.** a_t = z_t + sum_s w(t,s) z_s makes the context
+  depend on z_{<t}, which depends on earlier contexts: a step loop over T. Worse, softmax weights
+  sum to one, so carrying a code that fired once (at the onset) needs all of a head's attention on
+  that one position, and features with different onsets dilute each other. Softmax averages; it
+  suits values that are dense in time. u_s is what the same encoder sees at s without context, so
+  averaging it over earlier positions of a region carries the region's value, and every position
+  is computed at once. Cost: a second encoder pass (pre(x) for u, pre(x - c W_dec) for z).
+* **Keys strictly earlier, queries from the current position.** With s = t the context could copy
+  u_t and leave z empty: the code at t must stay what is new at t. A learned *null* key (value 0)
+  lets a head read nothing; it is always visible, so no row is empty and a document start reads
+  nothing. The query (from x_t) decides *which* earlier positions to read: that choice is
+  information from x_t that costs no code (``context_stats`` reports how much rides on context).
+* **Sparse attention, not scaled_dot_product_attention.** Every head would need F-wide values
+  [B, H, T, F]: measured 7.6x a TopK step at d_in 576, d_sae 2304, 32 x 128 tokens. Each head
+  instead reads its n_attend best-scoring positions (softmax renormalised over them and the null
+  slot, gradient through the kept scores as in TopK), so the context costs O(T n_attend kv) per
+  head and query, nothing F-wide. Masking (causal, same document) is an additive -inf bias.
+* **Exact sparsity by majority.** Soft weights smear: a feature on at any attended position would
+  get a small carried value. Feature i is carried only where more than half of a head's attention
+  sits on positions where it was on; elsewhere c is exactly 0. The rule is parameter-free and
+  scale-free, and at most 2 kv features pass it per head, so the effective L0
+  |supp z_t u supp c_t| <= k + 2 kv n_heads is an honest != 0 count. Switching a feature off is
+  the context letting go (the query stops matching positions where it was on): it costs no code.
+* **Per-feature carry, closed at init.** Feature i reads only its own earlier values. open_i =
+  1[rho_i > 0] is binary (features that never carry are exactly 0, not "small"), with the gradient
+  passed straight through to rho_i as in ``RecurrentSAE``: while closed it is
+  sum_h pi_hi [p > 1/2] m dL/dc, non-zero, so a feature opens when carrying it would help. All rho
+  start below 0: the model starts as TopK exactly. pi_h = softmax over heads picks the heads
+  feature i listens to. ``value_rank > 0`` (ablation) mixes features in the values,
+  u_s -> u_s (I + A B) with A B of rank r and B = 0 at init; the carry rule still looks at which
+  features were on, so effective codes stay exactly sparse.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ctxsae.models.base import SAEConfig, SAEOutput
+from ctxsae.models.topk import TopKSAE, decode_sparse, topk_relu
+
+
+@dataclass
+class AttentionConfig(SAEConfig):
+    _target_: str = "ctxsae.models.attention.AttentionSAE"
+    k: int = 32  # novel codes per position
+    k_values: int = 64  # per-token codes per position that later positions may carry (the values)
+    n_heads: int = 4  # attention heads; feature i listens to a softmax mixture of them
+    d_head: int = 16  # query/key width per head: the pathway stays small (2 d_in n_heads d_head weights)
+    n_attend: int = 8  # earlier positions each head reads at each query (its best-scoring ones)
+    value_rank: int = 0  # 0: per-feature carry; r > 0: ablation, rank-r cross-feature value map
+    carry_init: float = -0.1  # initial carry logit rho (< 0: every feature starts closed, the model is TopK)
+    auxk_k: int = 512  # dead latents the AuxK loss may use per position
+
+
+def attention_bias(doc_start_BT: Tensor, slope_H: Tensor) -> Tensor:
+    """[B, H, T, T] additive scores: -slope_h (t - s - 1) where s is earlier in t's document, else -inf."""
+    T = doc_start_BT.shape[1]
+    doc_BT = doc_start_BT.long().cumsum(1)
+    t = torch.arange(T, device=doc_start_BT.device)
+    dist_TT = (t[:, None] - t[None, :]).to(slope_H.dtype)
+    visible_B1TT = ((dist_TT > 0) & (doc_BT[:, :, None] == doc_BT[:, None, :]))[:, None]
+    return torch.where(visible_B1TT, -slope_H.view(1, -1, 1, 1) * (dist_TT - 1), float("-inf"))
+
+
+def decode_where(W_dec: Tensor, codes_BTF: Tensor, mask_BTF: Tensor) -> Tensor:
+    """codes W_dec [B, T, D] from the entries under ``mask`` only (their number varies by position).
+
+    The mask, not codes != 0, says which entries take part: a carried value that is exactly 0
+    (a closed carry) must still pass its gradient on.
+    """
+    mask_NF = mask_BTF.flatten(0, 1)
+    row, col = mask_NF.nonzero(as_tuple=True)
+    counts_N = mask_NF.sum(-1)
+    out_ND = decode_sparse(W_dec, col, codes_BTF.flatten(0, 1)[row, col], counts_N.cumsum(0) - counts_N)
+    return out_ND.view(*codes_BTF.shape[:2], -1)
+
+
+class AttentionSAE(TopKSAE):
+    unit_norm_decoder = True
+
+    def __init__(
+        self, d_in: int, d_sae: int, k: int = 32, k_values: int = 64, n_heads: int = 4, d_head: int = 16,
+        n_attend: int = 8, value_rank: int = 0, carry_init: float = -0.1, auxk_k: int = 512,
+    ):
+        super().__init__(d_in, d_sae, k, auxk_k)
+        self.k_values, self.n_heads, self.d_head, self.n_attend = k_values, n_heads, d_head, n_attend
+        # At init the scores are the recency bias alone (W_q = 0): head h reads the last ~1/slope_h
+        # positions, slopes geometric as in ALiBi, so the majority rule has features to pass and the
+        # closed carry gets a gradient from the first step. Content (q.k) is learnt from there.
+        self.W_q = nn.Parameter(torch.zeros(d_in, n_heads * d_head))
+        self.W_k = nn.Parameter(torch.randn(d_in, n_heads * d_head) / math.sqrt(d_in))
+        self.b_q = nn.Parameter(torch.zeros(n_heads * d_head))
+        self.k_null = nn.Parameter(torch.zeros(n_heads, d_head))
+        self.null_logit = nn.Parameter(torch.full((n_heads,), -1.0))  # the previous position outweighs the null slot
+        self.slope = nn.Parameter(2.0 ** -torch.arange(n_heads, dtype=torch.float32) * 2)  # score -= slope (t - s - 1)
+        self.head_logit = nn.Parameter(torch.zeros(n_heads, d_sae))  # pi: which heads feature i listens to
+        self.carry_logit = nn.Parameter(torch.full((d_sae,), float(carry_init)))  # rho: feature i carried iff > 0
+        self.value_A = self.value_B = None
+        if value_rank > 0:
+            self.value_A = nn.Parameter(torch.randn(d_sae, value_rank) / math.sqrt(d_sae))
+            self.value_B = nn.Parameter(torch.zeros(value_rank, d_sae))
+
+    def gain(self) -> Tensor:
+        """g [H, F] = open_i pi_hi, open_i = 1[rho_i > 0] with the gradient passed straight through to rho."""
+        rho = self.carry_logit
+        open_F = (rho > 0).to(rho.dtype) + (rho - rho.detach())
+        return self.head_logit.softmax(0) * open_F
+
+    def forward(self, x_BTD: Tensor, doc_start_BT: Tensor | None = None) -> SAEOutput:
+        B, T, _ = x_BTD.shape
+        H, R, Kv, Fs = self.n_heads, min(self.n_attend, T), self.k_values, self.d_sae
+        if doc_start_BT is None:
+            doc_start_BT = torch.zeros(B, T, dtype=torch.bool, device=x_BTD.device)
+            doc_start_BT[:, 0] = True
+
+        # Values: what the encoder sees at each position without context, as (feature, value) pairs.
+        uv_BTK, ui_BTK = topk_relu(self.pre_acts(x_BTD), Kv)
+
+        # Each head reads the null slot and its R best-scoring earlier positions of the document.
+        xc_BTD = x_BTD - self.b_dec
+        q_BHTd = (xc_BTD @ self.W_q + self.b_q).view(B, T, H, self.d_head).transpose(1, 2)
+        k_BHTd = (xc_BTD @ self.W_k).view(B, T, H, self.d_head).transpose(1, 2)
+        scores_BHTT = q_BHTd @ k_BHTd.transpose(-1, -2) / math.sqrt(self.d_head) + attention_bias(doc_start_BT, self.slope)
+        null_BHT1 = (q_BHTd * self.k_null[None, :, None]).sum(-1, keepdim=True) / math.sqrt(self.d_head) + self.null_logit[:, None, None]
+        top_BHTR, pos_BHTR = scores_BHTT.topk(R, dim=-1)
+        w_BHT1R = torch.cat([null_BHT1, top_BHTR], dim=-1).softmax(-1)  # weight 0 where a kept score is -inf
+        w_BHTR = w_BHT1R[..., 1:]
+
+        # Candidates: the (feature, value) pairs of the attended positions, [B, H, T, R, Kv].
+        at_pos = pos_BHTR.reshape(B, -1, 1).expand(-1, -1, Kv)
+        feat_BHTRK = ui_BTK.gather(1, at_pos).view(B, H, T, R, Kv)
+        val_BHTRK = uv_BTK.gather(1, at_pos).view(B, H, T, R, Kv)
+        w_BHTRK = w_BHTR[..., None] * (val_BHTRK > 0)
+        if self.value_A is not None:
+            u_BTF = torch.zeros(B, T, Fs, dtype=x_BTD.dtype, device=x_BTD.device).scatter(-1, ui_BTK, uv_BTK)
+            mix_BTF = (u_BTF @ self.value_A) @ self.value_B
+            val_BHTRK = val_BHTRK + mix_BTF.reshape(B, -1).gather(1, (pos_BHTR[..., None] * Fs + feat_BHTRK).reshape(B, -1)).view_as(val_BHTRK)
+        # p for each candidate: head h's attention on positions where its feature was on (summed over
+        # the positions that hold it, through a [B H T, F] buffer).
+        idx_NC, w_NC = feat_BHTRK.reshape(B * H * T, -1), w_BHTRK.reshape(B * H * T, -1)
+        p_BHTRK = w_NC.new_zeros(B * H * T, Fs).scatter_add(1, idx_NC, w_NC).gather(1, idx_NC).view_as(w_BHTRK)
+        carry_BHTRK = (p_BHTRK > 0.5) & (w_BHTRK > 0)
+        g_BHTRK = self.gain().gather(1, feat_BHTRK.transpose(0, 1).reshape(H, -1)).view(H, B, T, R, Kv).transpose(0, 1)
+        contrib_BHTRK = torch.where(carry_BHTRK, g_BHTRK * w_BHTRK * val_BHTRK / p_BHTRK.clamp_min(0.5), 0.0)
+        feat_BTC = feat_BHTRK.transpose(1, 2).reshape(B, T, -1)
+        c_BTF = uv_BTK.new_zeros(B, T, Fs).scatter_add(-1, feat_BTC, contrib_BHTRK.transpose(1, 2).reshape(B, T, -1))
+        carried_BTF = torch.zeros_like(c_BTF).scatter_add(-1, feat_BTC, carry_BHTRK.transpose(1, 2).reshape(B, T, -1).to(c_BTF.dtype)) > 0
+
+        # Novel codes from what the context leaves unexplained.
+        cW_BTD = decode_where(self.W_dec, c_BTF, carried_BTF)
+        pre_BTF = self.pre_acts(x_BTD - cW_BTD)
+        zv_BTK, zi_BTK = topk_relu(pre_BTF, self.k)
+        z_BTF = torch.zeros_like(pre_BTF).scatter(-1, zi_BTK, zv_BTK)
+        recon_BTD = decode_sparse(self.W_dec, zi_BTK.flatten(0, 1), zv_BTK.flatten(0, 1)).view_as(x_BTD) + cW_BTD + self.b_dec
+        aux = {"pre_acts": pre_BTF, "context": c_BTF, "weights": w_BHT1R, "positions": pos_BHTR,
+               "features": feat_BHTRK, "contributions": contrib_BHTRK}
+        return SAEOutput(z_BTF, z_BTF + c_BTF, recon_BTD, aux)
+
+    # -- reading the context pathway ----------------------------------------------------------------
+    @torch.no_grad()
+    def attribute(self, out: SAEOutput, b: int, t: int, i: int) -> list[tuple[int, float]]:
+        """(position, contribution) pairs summing to effective_codes[b, t, i].
+
+        Position t contributes its novel code z_t[i]; an earlier position s contributes
+        sum_h open_i pi_hi [carried by h] w_h(t, s) u_s[i] / p_h[t, i], its share of the carried value.
+        """
+        contrib_S = torch.zeros(out.codes.shape[1], dtype=out.codes.dtype, device=out.codes.device)
+        mine_HRK = out.aux["features"][b, :, t] == i
+        pos_HRK = out.aux["positions"][b, :, t, :, None].expand_as(mine_HRK)
+        contrib_S.index_add_(0, pos_HRK[mine_HRK], out.aux["contributions"][b, :, t][mine_HRK])
+        events = [(s, contrib_S[s].item()) for s in range(t) if contrib_S[s] != 0]
+        if out.codes[b, t, i] != 0:
+            events.append((t, out.codes[b, t, i].item()))
+        return events
+
+    @torch.no_grad()
+    def context_stats(self, out: SAEOutput) -> dict[str, float]:
+        """Size and use of the context pathway over all positions of ``out``.
+
+        context_energy_share = sum_t <C_t, R_t> / sum_t |R_t|^2 with R = a W_dec and C = c W_dec,
+        both centred over positions (the convention of ``RecurrentSAE.context_stats``).
+        """
+        z, c = out.codes.flatten(0, 1), out.aux["context"].flatten(0, 1)
+        a = z + c
+        R, C = a @ self.W_dec, c @ self.W_dec
+        R, C = R - R.mean(0), C - C.mean(0)
+        w = out.aux["weights"]
+        T = out.codes.shape[1]
+        dist = torch.arange(T, device=w.device).view(1, 1, T, 1) - out.aux["positions"]
+        read = w[..., 1:].sum(-1).clamp_min(1e-12)
+        active = a != 0
+        pathway = [self.W_q, self.W_k, self.b_q, self.k_null, self.null_logit, self.slope, self.head_logit, self.carry_logit, self.value_A, self.value_B]
+        return {
+            "context_params": float(sum(p.numel() for p in pathway if p is not None)),
+            "context_energy_share": ((C * R).sum() / R.pow(2).sum().clamp_min(1e-12)).item(),
+            "carried_fraction": ((c != 0).sum() / active.sum().clamp_min(1)).item(),
+            "carried_without_code_fraction": (((c != 0) & (z == 0)).sum() / active.sum().clamp_min(1)).item(),
+            "l0_context": (c != 0).sum(-1).float().mean().item(),
+            "carried_feature_fraction": (self.carry_logit > 0).float().mean().item(),
+            "null_attention": w[..., 0].mean().item(),
+            "attended_distance": ((w[..., 1:] * dist).sum(-1) / read).mean().item(),
+            "recency_slope_mean": self.slope.mean().item(),
+        }
