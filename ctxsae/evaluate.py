@@ -325,7 +325,11 @@ def evaluate_run(cfg: EvalConfig) -> dict:
     run_dir, sae_file = resolve_run(cfg.run)
     train_cfg = OmegaConf.load(run_dir / "config.yaml")
     device = _device(cfg.device)
-    sae, _ = load_sae(sae_file)
+    try:
+        sae, _ = load_sae(sae_file)
+    except RuntimeError as e:  # load_state_dict: the SAE's code changed since the run saved it
+        raise UserError(f"{sae_file} does not fit the current code of its SAE class ({str(e).splitlines()[-1].strip()}): "
+                        "retrain the run, or evaluate it from the commit it was trained with") from e
     sae = sae.to(device).eval()
     source = build_source(train_cfg)
     dm = ActivationDataModule(source, train_cfg.data, train_cfg.cache)

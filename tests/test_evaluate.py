@@ -14,7 +14,7 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 from ctxsae.cache.store import CacheConfig
 from ctxsae.data.synthetic import SyntheticSource
 from ctxsae.errors import UserError
-from ctxsae.evaluate import EvalConfig, evaluate, evaluate_fast, resolve_run
+from ctxsae.evaluate import EvalConfig, evaluate, evaluate_fast, evaluate_run, resolve_run
 from ctxsae.metrics.basic import fvu
 from ctxsae.models.topk import TopKSAE
 from ctxsae.train.datamodule import ActivationDataModule, DataConfig
@@ -136,3 +136,10 @@ def test_bad_run_paths_name_the_fix(tmp_path):
     (tmp_path / "sae.safetensors").write_bytes(b"")
     with pytest.raises(UserError, match="no config.yaml"):
         resolve_run(str(tmp_path / "sae.safetensors"))
+
+
+def test_an_sae_file_that_no_longer_fits_its_code_names_the_fix(tmp_path):
+    TopKSAE(8, 16, k=2).save(tmp_path / "sae.safetensors", config={"_target_": "ctxsae.models.topk.TopKSAE", "d_in": 8, "d_sae": 32, "k": 2})
+    (tmp_path / "config.yaml").write_text("{}")
+    with pytest.raises(UserError, match="does not fit the current code"):
+        evaluate_run(EvalConfig(run=str(tmp_path)))
