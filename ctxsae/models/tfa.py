@@ -1,0 +1,192 @@
+"""Temporal Feature Analysis (TFA): a dense *predicted* code from attention plus a sparse *novel* code.
+
+Lubana et al., "Priors in Time: Missing Inductive Biases for Language Model Interpretability"
+(arXiv 2511.01836; code github.com/eslubana/temporalSAEs; SAELens ``TemporalSAE``). Per position t:
+
+    u_t      = ReLU(pre(x_t))                                   codes of the input, all positions
+    o_t      = Attn(query u_t; keys, values u_{t-1}, u_{t-2}, ... of t's document, and an empty slot) W_o
+    d_t      = ReLU(o_t) W_dec                                   direction the context predicts
+    beta_t   = <d_t, x_t - b_dec> / |d_t|^2                       how much of x_t lies along it
+    pred_t   = gain * beta_t ReLU(o_t)                           predicted code: dense
+    z_t      = TopK_k(ReLU(pre(x_t - gain * beta_t d_t)))        novel code: sparse, from the residual
+    a_t      = pred_t + z_t;   x_hat_t = a_t W_dec + b_dec
+
+codes = z (the sparsity constraint applies there only); effective_codes = pred + z, which is dense:
+ReLU(o) is non-zero for about half the latents, so the effective L0 is of the order of d_sae / 2.
+That is TFA's trade: the context predicts a whole direction and the magnitude along it comes from
+x_t itself (beta_t), so the novel code only pays for what is orthogonal to the prediction.
+
+Followed from the reference code: attention in the dictionary basis (queries from the current
+codes, keys and values from the codes shifted by one, so position t reads positions < t plus an
+all-zero slot), causal softmax attention with biases on q, k, v and output, a query/key width of
+d_sae / bottleneck_factor split over heads, ReLU on the attention output, the projection
+coefficient beta, TopK on the residual's codes, one attention layer (its published configs), and
+the scaled-unit-norm initialisation of the attention maps. Deviations, and why:
+
+* ``gain`` (a scalar, 0 at init) scales the prediction. The reference has none; without it the
+  model cannot start as its TopK baseline (beta makes the prediction scale-free, so shrinking the
+  attention maps would not close it, and ReLU(0) would pass no gradient). At gain = 1 it is the
+  reference layer.
+* Our encoder is untied (W_enc initialised as W_dec^T, as every SAE here) and has b_enc; the
+  reference ties E = D^T, has no encoder bias and scales inputs by 1 / (4 d_in) to match its
+  N(0, 1) dictionary. Our decoder rows are unit norm, so no such scale is needed.
+* Attention is reset at document starts (the shifted slot at a document start is zeroed and
+  earlier documents are masked); the reference trains on single-document windows.
+* ``d_value`` can narrow the value/output maps (d_sae -> d_value -> d_sae). The reference uses
+  d_value = d_sae: 2 d_sae^2 weights, four times the dictionary at d_sae = 4 d_in, and most of the
+  cost of a step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ctxsae.models.base import SAEConfig, SAEOutput
+from ctxsae.models.topk import TopKSAE, decode_sparse, topk_relu
+
+
+@dataclass
+class TFAConfig(SAEConfig):
+    _target_: str = "ctxsae.models.tfa.TFASAE"
+    k: int = 32  # novel codes per position (TopK of the residual's codes)
+    n_heads: int = 4  # attention heads
+    bottleneck_factor: int = 64  # query/key width = d_sae // bottleneck_factor (reference default 64)
+    d_value: int = 0  # width of the value/output maps; 0: d_sae, as in the reference
+    auxk_k: int = 512  # dead latents the AuxK loss may use per position
+
+
+def shifted_doc_mask(doc_start_BT: Tensor) -> Tensor:
+    """[B, 1, T, T] bool: query t sees slots s <= t of its own document (slot s holds position s - 1)."""
+    T = doc_start_BT.shape[1]
+    doc_BT = doc_start_BT.long().cumsum(1)
+    causal_TT = torch.ones(T, T, dtype=torch.bool, device=doc_start_BT.device).tril()
+    return (causal_TT & (doc_BT[:, :, None] == doc_BT[:, None, :]))[:, None]
+
+
+def scaled_columns(d_in: int, d_out: int, norm: float) -> Tensor:
+    """[d_in, d_out] random map whose output units have weight vectors of the given norm (reference init)."""
+    W = torch.randn(d_in, d_out)
+    return W / W.norm(dim=0, keepdim=True) * norm
+
+
+class TFASAE(TopKSAE):
+    unit_norm_decoder = True
+    eps = 1e-6  # added to |d_t| in beta, as in the reference
+
+    def __init__(
+        self, d_in: int, d_sae: int, k: int = 32, n_heads: int = 4, bottleneck_factor: int = 64, d_value: int = 0,
+        auxk_k: int = 512,
+    ):
+        super().__init__(d_in, d_sae, k, auxk_k)
+        d_qk, d_v = d_sae // bottleneck_factor, d_value or d_sae
+        if d_qk % n_heads or d_v % n_heads:
+            raise ValueError(f"d_sae // bottleneck_factor = {d_qk} and d_value = {d_v} must be multiples of n_heads = {n_heads}")
+        self.n_heads, self.d_qk, self.d_v = n_heads, d_qk, d_v
+        self.W_q = nn.Parameter(scaled_columns(d_sae, d_qk, 1 / math.sqrt(d_qk // n_heads)))
+        self.W_k = nn.Parameter(scaled_columns(d_sae, d_qk, 1 / math.sqrt(d_qk // n_heads)))
+        self.W_v = nn.Parameter(scaled_columns(d_sae, d_v, 1 / math.sqrt(d_v // n_heads)))
+        self.W_o = nn.Parameter(scaled_columns(d_v, d_sae, 1 / math.sqrt(d_v)))
+        self.b_q, self.b_k = nn.Parameter(torch.zeros(d_qk)), nn.Parameter(torch.zeros(d_qk))
+        self.b_v, self.b_o = nn.Parameter(torch.zeros(d_v)), nn.Parameter(torch.zeros(d_sae))
+        self.gain = nn.Parameter(torch.zeros(()))  # closed at init: the model starts as TopK
+
+    def heads(self, t_BTX: Tensor) -> Tensor:
+        B, T, X = t_BTX.shape
+        return t_BTX.view(B, T, self.n_heads, X // self.n_heads).transpose(1, 2)
+
+    def forward(self, x_BTD: Tensor, doc_start_BT: Tensor | None = None) -> SAEOutput:
+        B, T, _ = x_BTD.shape
+        if doc_start_BT is None:
+            doc_start_BT = torch.zeros(B, T, dtype=torch.bool, device=x_BTD.device)
+            doc_start_BT[:, 0] = True
+
+        # Context: the input's codes shifted by one; the slot at a document start is empty.
+        u_BTF = self.pre_acts(x_BTD).relu()
+        ctx_BTF = F.pad(u_BTF[:, :-1], (0, 0, 1, 0)) * ~doc_start_BT[..., None]
+        q_BHTd = self.heads(u_BTF @ self.W_q + self.b_q)
+        k_BHTd = self.heads(ctx_BTF @ self.W_k + self.b_k)
+        v_BHTv = self.heads(ctx_BTF @ self.W_v + self.b_v)
+        mask_B1TT = shifted_doc_mask(doc_start_BT)
+        attn_BHTv = F.scaled_dot_product_attention(q_BHTd, k_BHTd, v_BHTv, attn_mask=mask_B1TT)
+        o_BTF = attn_BHTv.transpose(1, 2).reshape(B, T, self.d_v) @ self.W_o + self.b_o
+
+        # Predicted part: the component of x_t along the direction the context predicts.
+        p_BTF = o_BTF.relu()
+        d_BTD = p_BTF @ self.W_dec
+        beta_BT1 = (d_BTD * (x_BTD - self.b_dec)).sum(-1, keepdim=True) / (d_BTD.norm(dim=-1, keepdim=True) + self.eps).pow(2)
+        pred_BTF = self.gain * beta_BT1 * p_BTF
+        x_pred_BTD = self.gain * beta_BT1 * d_BTD
+
+        # Novel part: TopK of the codes of what the prediction leaves.
+        pre_BTF = self.pre_acts(x_BTD - x_pred_BTD)
+        zv_BTK, zi_BTK = topk_relu(pre_BTF, self.k)
+        z_BTF = torch.zeros_like(pre_BTF).scatter(-1, zi_BTK, zv_BTK)
+        recon_BTD = decode_sparse(self.W_dec, zi_BTK.flatten(0, 1), zv_BTK.flatten(0, 1)).view_as(x_BTD) + x_pred_BTD + self.b_dec
+        aux = {"pre_acts": pre_BTF, "predicted": pred_BTF, "attn_out": o_BTF, "beta": beta_BT1,
+               "q": q_BHTd, "k": k_BHTd, "v": v_BHTv, "mask": mask_B1TT}
+        return SAEOutput(z_BTF, pred_BTF + z_BTF, recon_BTD, aux)
+
+    def attention_weights(self, out: SAEOutput) -> Tensor:
+        """w [B, H, T, T] over slots (slot s holds position s - 1; an empty slot at a document start)."""
+        q, k = out.aux["q"], out.aux["k"]
+        scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+        return scores.masked_fill(~out.aux["mask"], float("-inf")).softmax(-1)
+
+    # -- reading the context pathway ----------------------------------------------------------------
+    @torch.no_grad()
+    def attribute(self, out: SAEOutput, b: int, t: int, i: int) -> list[tuple[int, float]]:
+        """(position, contribution) pairs summing to effective_codes[b, t, i].
+
+        Where ReLU(o_t[i]) > 0, pred_t[i] = gain beta_t o_t[i] and o_t[i] splits exactly over the
+        attention slots: slot s adds gain beta_t sum_h w_h(t, s) v_h(s) . W_o[h, i], credited to
+        position s - 1. Position t gets its novel code plus the context-free rest (the output bias
+        and the empty slot at the document start), all scaled by beta_t, which x_t sets.
+        """
+        contrib_S = torch.zeros(out.codes.shape[1] + 1, dtype=out.codes.dtype, device=out.codes.device)
+        scale = (self.gain * out.aux["beta"][b, t, 0]).item()
+        if out.aux["attn_out"][b, t, i] > 0 and scale != 0:
+            w_HS = self.attention_weights(out)[b, :, t]
+            Wo_Hv = self.W_o[:, i].view(self.n_heads, -1)
+            per_slot_S = scale * torch.einsum("hs,hsv,hv->s", w_HS, out.aux["v"][b], Wo_Hv)
+            doc_start = int(out.aux["mask"][b, 0, t].nonzero()[0])  # the first slot t sees is its empty slot
+            contrib_S[:t] = per_slot_S[1 : t + 1]
+            contrib_S[:doc_start] = 0.0
+            contrib_S[t] = per_slot_S[doc_start] + scale * self.b_o[i]
+        contrib_S[t] += out.codes[b, t, i]
+        return [(s, contrib_S[s].item()) for s in range(t + 1) if contrib_S[s] != 0]
+
+    @torch.no_grad()
+    def context_stats(self, out: SAEOutput) -> dict[str, float]:
+        """Size and use of the prediction over all positions of ``out``.
+
+        context_energy_share = sum_t <C_t, R_t> / sum_t |R_t|^2, R = a W_dec and C = pred W_dec,
+        both centred over positions (the convention of ``RecurrentSAE.context_stats``);
+        pred_energy_share is the reference's |pred W_dec|^2 / (|pred W_dec|^2 + |z W_dec|^2).
+        """
+        z, pred = out.codes.flatten(0, 1), out.aux["predicted"].flatten(0, 1)
+        R, C, N = (z + pred) @ self.W_dec, pred @ self.W_dec, z @ self.W_dec
+        share_raw = C.pow(2).sum() / (C.pow(2).sum() + N.pow(2).sum()).clamp_min(1e-12)
+        R, C = R - R.mean(0), C - C.mean(0)
+        w = self.attention_weights(out)
+        T = w.shape[-1]
+        first_BT = out.aux["mask"][:, 0].int().argmax(-1)  # each query's empty slot (its document start)
+        empty_BHT = w.gather(-1, first_BT[:, None, :, None].expand(-1, w.shape[1], -1, 1)).squeeze(-1)
+        slots = torch.arange(T, device=w.device)
+        back_TT = (slots[:, None] - slots[None, :] + 1).clamp_min(0)  # slot s holds position s - 1: t - s + 1 back
+        back_BHT = (w * back_TT).sum(-1) - empty_BHT * back_TT.gather(1, first_BT.T).T[:, None]  # real slots only
+        read_BHT = 1 - empty_BHT
+        pathway = [self.W_q, self.W_k, self.W_v, self.W_o, self.b_q, self.b_k, self.b_v, self.b_o, self.gain]
+        return {
+            "context_params": float(sum(p.numel() for p in pathway)),
+            "context_energy_share": ((C * R).sum() / R.pow(2).sum().clamp_min(1e-12)).item(),
+            "pred_energy_share": share_raw.item(),
+            "l0_predicted": (pred != 0).sum(-1).float().mean().item(),
+            "gain": self.gain.item(),
+            "empty_slot_attention": empty_BHT.mean().item(),
+            "attended_distance": (back_BHT.sum() / read_BHT.sum().clamp_min(1e-12)).item(),
+        }
