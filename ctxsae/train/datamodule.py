@@ -61,10 +61,12 @@ class ActivationDataModule(L.LightningDataModule):
 
     def _normalisation_scale(self, max_windows: int = 512) -> float:
         """Scale so that E|x|^2 = d_in over kept training positions (Gao et al.; SAELens' 'expected_average_only_in')."""
-        idx = self.train_idx[np.linspace(0, len(self.train_idx) - 1, min(max_windows, len(self.train_idx))).astype(int)]
-        x = torch.from_numpy(self.cache.read_x(np.unique(idx))).float()[:, self.cfg.exclude_first :]
-        mean_sq_norm = x.pow(2).sum(-1).mean().item()
-        return float(np.sqrt(self.d_in / mean_sq_norm))
+        idx = np.unique(self.train_idx[np.linspace(0, len(self.train_idx) - 1, min(max_windows, len(self.train_idx))).astype(int)])
+        total, count = 0.0, 0
+        for lo in range(0, len(idx), 32):  # 32 windows at a time: setup memory stays flat as the cache grows
+            x = torch.from_numpy(self.cache.read_x(idx[lo : lo + 32])).float()[:, self.cfg.exclude_first :]
+            total, count = total + x.pow(2).sum().item(), count + x.shape[0] * x.shape[1]
+        return float(np.sqrt(self.d_in / (total / count)))
 
     def dataset(self, split: str) -> CachedWindows:
         idx = {"train": self.train_idx, "val": self.val_idx}[split]
