@@ -250,7 +250,7 @@ def evaluate(sae: SAE, dm, cfg: EvalConfig, extractor=None, n_ctx: int | None = 
     if results["synthetic"] is None:
         results["skipped"]["synthetic"] = "no ground truth: not synthetic data"
     if extractor is None:
-        results["skipped"] |= {"downstream": "no LM behind these activations", "language_switch": "no LM behind these activations"}
+        results["skipped"] |= dict.fromkeys(("downstream", "language_switch"), "no LM behind these activations")
     elif not cfg.downstream:
         results["skipped"]["downstream"] = "downstream=false"
     if extractor is not None and cfg.downstream:
@@ -280,7 +280,7 @@ def resolve_run(run: str) -> tuple[Path, Path]:
     path = Path(run).expanduser()
     run_dir, sae_file = (path, path / "sae.safetensors") if path.is_dir() else (path.parent, path)
     if not path.exists():
-        raise UserError(f"run={run}: no such directory or file; pass a run directory written by train.py or its sae.safetensors")
+        raise UserError(f"run={run}: no such directory or file; pass a run directory of train.py or its sae.safetensors")
     if not sae_file.exists():
         raise UserError(f"no sae.safetensors in {run_dir}: the run has not finished; let it finish (or resume it) first")
     if not (run_dir / "config.yaml").exists():
@@ -300,7 +300,8 @@ def hparams_of(train_cfg: DictConfig, sae: SAE) -> dict:
 
 def scalars(results: dict) -> dict[str, float]:
     """The numeric figures of ``results`` as a flat dict (what TensorBoard and the tables show)."""
-    sections = {k: v for k, v in results.items() if k not in ("run", "hparams", "skipped", "figures", "seconds") and not k.startswith("_")}
+    not_figures = ("run", "hparams", "skipped", "figures", "seconds")
+    sections = {k: v for k, v in results.items() if k not in not_figures and not k.startswith("_")}
     return {k: float(v) for k, v in flatten(sections).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
@@ -378,7 +379,8 @@ def log_tensorboard(run_dir: Path, results: dict, figures: dict[str, Figure], lo
     tb = run_dir / "tb"
     for old in tb.glob("events.out.tfevents.*.eval"):
         old.unlink()
-    logger = TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False, filename_suffix=".eval")
+    logger = TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False,
+                               filename_suffix=".eval")
     metrics = {f"eval/{k}": v for k, v in scalars(results).items() if math.isfinite(v)}
     logger.log_hyperparams(results["hparams"], metrics=metrics, step=0)
     if len(log10_freq):

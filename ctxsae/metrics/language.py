@@ -103,7 +103,8 @@ def switch_windows(texts: Sequence[SwitchText], tokenizer, n_ctx: int, min_token
     for n, r in enumerate(rows):
         tokens[n, : len(r)] = torch.tensor(r)
         valid[n, len(head) : len(r)] = True
-    return SwitchWindows(tokens, valid, torch.tensor(switches, dtype=torch.long), pairs, torch.tensor(sources, dtype=torch.long))
+    as_long = lambda v: torch.tensor(v, dtype=torch.long)  # noqa: E731
+    return SwitchWindows(tokens, valid, as_long(switches), pairs, as_long(sources))
 
 
 def auroc(pos_PF: Tensor, neg_MF: Tensor, chunk: int = 512) -> Tensor:
@@ -197,7 +198,8 @@ def switch_probe(codes_NTF: Tensor, effective_NTF: Tensor, windows: SwitchWindow
     for x in languages:
         picked_x = lang(select, x)
         best = int(picked_x.argmax())
-        by_language[x] = {"latent": best, "auroc_select": float(picked_x[best]), "auroc_heldout": float(lang(~select, x)[best])}
+        by_language[x] = {"latent": best, "auroc_select": float(picked_x[best]),
+                          "auroc_heldout": float(lang(~select, x)[best])}
     fire = codes_NTF[..., latent] != 0
     by_pair = {}
     for pair in sorted({p for p, c in zip(windows.pair_N, control.tolist()) if not c}):

@@ -113,7 +113,8 @@ def _histogram(h: dict) -> str:
     edges, counts = h["log10_edges"], h["counts"]
     cells = [(f"[{edges[i]:g}, {edges[i + 1]:g})", c) for i, c in enumerate(counts) if c]
     head = "| log10 frequency | " + " | ".join(c[0] for c in cells) + " | never |"
-    return "\n".join([head, "|---" * (len(cells) + 2) + "|", "| latents | " + " | ".join(str(c[1]) for c in cells) + f" | {h['never']} |"])
+    row = "| latents | " + " | ".join(str(c[1]) for c in cells) + f" | {h['never']} |"
+    return "\n".join([head, "|---" * (len(cells) + 2) + "|", row])
 
 
 def to_markdown(results: dict) -> str:
@@ -143,7 +144,8 @@ def to_markdown(results: dict) -> str:
             lines.append(f"| {k.split('/', 1)[1]} | {_fmt(v)} | {_meaning(k).replace('|', '&#124;')} |")
         if section == "sparsity":
             for name in ("freq_histogram", "freq_histogram_effective"):
-                lines += ["", f"Firing frequency ({'effective' if 'effective' in name else 'novel'} codes):", "", _histogram(value[name])]
+                kind = "effective" if "effective" in name else "novel"
+                lines += ["", f"Firing frequency ({kind} codes):", "", _histogram(value[name])]
     if results.get("figures"):
         lines += ["", "## figures", ""] + [f"![{p.rsplit('/', 1)[-1]}]({p.rsplit('/', 1)[-1]})" for p in results["figures"]]
     return "\n".join(lines) + "\n"
