@@ -18,24 +18,27 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 
-def pareto_front(xs: Sequence[float], ys: Sequence[float]) -> list[int]:
-    """Indices of the points no other point beats on both (lower x and lower y are better), by x."""
-    order = sorted(range(len(xs)), key=lambda i: (xs[i], ys[i]))
+def pareto_front(xs: Sequence[float], ys: Sequence[float], maximize: bool = False) -> list[int]:
+    """Indices of the points no other point beats on both, by x: lower x is better, and lower y
+    (or higher y with ``maximize``, e.g. CE loss recovered)."""
+    sign = -1 if maximize else 1
+    order = sorted(range(len(xs)), key=lambda i: (xs[i], sign * ys[i]))
     front, best_y = [], math.inf
     for i in order:
-        if ys[i] < best_y:
+        if sign * ys[i] < best_y:
             front.append(i)
-            best_y = ys[i]
+            best_y = sign * ys[i]
     return front
 
 
 def pareto_plot(
     rows: Iterable[Mapping], x: str = "l0", y: str = "fvu", group: str = "model", path: str | Path | None = None,
-    logx: bool = True,
+    logx: bool = True, maximize: bool = False,
 ) -> Figure:
     """Scatter of ``rows`` (dicts, e.g. summary.json or flattened eval.json) with each group's Pareto front.
 
-    Rows without a finite ``x`` and ``y`` are skipped. Written to ``path`` if given.
+    Lower ``x`` is better; lower ``y`` too unless ``maximize`` (e.g. y="ce_recovered"). Rows without
+    a finite ``x`` and ``y`` are skipped. Written to ``path`` if given.
     """
     groups: dict[str, list[tuple[float, float]]] = {}
     for row in rows:
@@ -47,7 +50,7 @@ def pareto_plot(
     for name, points in sorted(groups.items()):
         xs, ys = zip(*points)
         dots = ax.scatter(xs, ys, s=18, alpha=0.6, label=name)
-        front = pareto_front(xs, ys)
+        front = pareto_front(xs, ys, maximize)
         ax.step([xs[i] for i in front], [ys[i] for i in front], where="post", color=dots.get_facecolor()[0], lw=1.5)
     if logx:
         ax.set_xscale("log")

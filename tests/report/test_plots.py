@@ -6,6 +6,7 @@ from ctxsae.report.plots import activation_heatmap, pareto_front, pareto_plot, t
 def test_pareto_front_keeps_only_undominated_points():
     xs, ys = [1, 2, 3, 4, 2], [0.5, 0.3, 0.4, 0.1, 0.6]
     assert pareto_front(xs, ys) == [0, 1, 3]
+    assert pareto_front(xs, ys, maximize=True) == [0, 4]  # e.g. CE loss recovered: higher is better
 
 
 def test_pareto_plot_and_heatmap_write_pngs(tmp_path):
