@@ -33,7 +33,7 @@ COLUMNS = {
     "l0": "summary:l0",
     "l0_effective": "summary:l0_effective",
     "ce_recovered": "eval:downstream/ce_recovered_zero",
-    "flicker": "eval:temporal/flicker_novel/weighted",
+    "flicker": "eval:temporal/flicker_effective/weighted",  # novel codes fire once by design
     "switch_auroc": "eval:language_switch/auroc_heldout",
     "tokens_per_s": "summary:train_tokens_per_s",
 }
@@ -94,7 +94,7 @@ def report(sweep: Path, out: Path | None = None) -> list[dict]:
     (out / "report.md").write_text(markdown(rows))
     finished = [r for r in rows if r["status"] == "finished"]
     pareto_plot(finished, x="l0", y="fvu", path=out / "pareto_l0_fvu.png")
-    pareto_plot(finished, x="l0", y="ce_recovered", path=out / "pareto_l0_ce.png")
+    pareto_plot(finished, x="l0", y="ce_recovered", path=out / "pareto_l0_ce.png", maximize=True)
     _log_tensorboard(out, finished)
     return rows
 
@@ -104,7 +104,7 @@ def _log_tensorboard(out: Path, rows: list[dict]) -> None:
 
     with SummaryWriter(str(out / "tb_report")) as writer:
         writer.add_figure("pareto/l0_vs_fvu", pareto_plot(rows, x="l0", y="fvu"))
-        writer.add_figure("pareto/l0_vs_ce_recovered", pareto_plot(rows, x="l0", y="ce_recovered"))
+        writer.add_figure("pareto/l0_vs_ce_recovered", pareto_plot(rows, x="l0", y="ce_recovered", maximize=True))
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ctxsae.cache.source import ActivationSource
 from ctxsae.errors import UserError
+from ctxsae.evaluate import evaluate_fast
 from ctxsae.extract.activations import LMActivations
 from ctxsae.train.datamodule import ActivationDataModule
 from ctxsae.train.module import SAEModule
@@ -115,6 +116,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict | None:
         "l0": val["val/l0"],
         "l0_effective": val["val/l0_effective"],
         "dead_fraction": float(module.dead_F().float().mean()),
+        "eval_fast": evaluate_fast(sae, dm),  # reconstruction, sparsity, temporal, context; no LM
         "train_tokens": int(module.global_step * batch_tokens),
         "train_tokens_per_s": throughput.tokens_per_s * trainer.world_size,
         "extract_tokens_per_s": dm.cache.manifest.get("extract_tokens_per_s"),
