@@ -45,7 +45,7 @@ def decode_sparse(W_dec: Tensor, idx: Tensor, vals: Tensor, offsets: Tensor | No
     ``idx``/``vals`` are [N, k], or flat with ``offsets`` [N] marking where each position's entries
     start. Costs O(N k d_in) instead of O(N d_sae d_in) for ``codes @ W_dec``; embedding_bag has a
     proper backward into both W_dec and vals. Fwd+bwd at 4096 tokens, d_in 576, d_sae 4608, k 32 on
-    2 CPU threads: 0.03 s against 0.36 s dense.
+    2 CPU threads: the decode 5-13x faster than dense, the whole TopK step 2-4x (0.11-0.14 s vs 0.43-0.46 s).
     """
     return F.embedding_bag(idx, W_dec, offsets, mode="sum", per_sample_weights=vals)
 
