@@ -26,10 +26,12 @@ kept only where those positions hold most of a head's attention. Design choices,
   nothing. The query (from x_t) decides *which* earlier positions to read: that choice is
   information from x_t that costs no code (``context_stats`` reports how much rides on context).
 * **Sparse attention, not scaled_dot_product_attention.** Every head would need F-wide values
-  [B, H, T, F]: measured 7.6x a TopK step at d_in 576, d_sae 2304, 32 x 128 tokens. Each head
+  [B, H, T, F]: measured 7.6x a TopK step at d_in 576, d_sae 2304, 32 x 128 tokens (busy CPU). Each head
   instead reads its n_attend best-scoring positions (softmax renormalised over them and the null
   slot, gradient through the kept scores as in TopK), so the context costs O(T n_attend kv) per
-  head and query, nothing F-wide. Masking (causal, same document) is an additive -inf bias.
+  head and query; only p (below) goes through a [B H T, F] buffer. Masking (causal, same document)
+  is an additive -inf bias. A whole training step still costs 4.8x TopK's at those sizes with the
+  defaults (k_values 64, n_attend 8, 4 heads) and 2.7x with (32, 4, 2 heads), quiet 2-core CPU.
 * **Exact sparsity by majority.** Soft weights smear: a feature on at any attended position would
   get a small carried value. Feature i is carried only where more than half of a head's attention
   sits on positions where it was on; elsewhere c is exactly 0. The rule is parameter-free and
@@ -140,8 +142,9 @@ class AttentionSAE(TopKSAE):
         xc_BTD = x_BTD - self.b_dec
         q_BHTd = (xc_BTD @ self.W_q + self.b_q).view(B, T, H, self.d_head).transpose(1, 2)
         k_BHTd = (xc_BTD @ self.W_k).view(B, T, H, self.d_head).transpose(1, 2)
-        scores_BHTT = q_BHTd @ k_BHTd.transpose(-1, -2) / math.sqrt(self.d_head) + attention_bias(doc_start_BT, self.slope)
-        null_BHT1 = (q_BHTd * self.k_null[None, :, None]).sum(-1, keepdim=True) / math.sqrt(self.d_head) + self.null_logit[:, None, None]
+        scale = 1 / math.sqrt(self.d_head)
+        scores_BHTT = scale * q_BHTd @ k_BHTd.transpose(-1, -2) + attention_bias(doc_start_BT, self.slope)
+        null_BHT1 = scale * (q_BHTd * self.k_null[None, :, None]).sum(-1, keepdim=True) + self.null_logit[:, None, None]
         top_BHTR, pos_BHTR = scores_BHTT.topk(R, dim=-1)
         w_BHT1R = torch.cat([null_BHT1, top_BHTR], dim=-1).softmax(-1)  # weight 0 where a kept score is -inf
         w_BHTR = w_BHT1R[..., 1:]
@@ -154,24 +157,30 @@ class AttentionSAE(TopKSAE):
         if self.value_A is not None:
             u_BTF = torch.zeros(B, T, Fs, dtype=x_BTD.dtype, device=x_BTD.device).scatter(-1, ui_BTK, uv_BTK)
             mix_BTF = (u_BTF @ self.value_A) @ self.value_B
-            val_BHTRK = val_BHTRK + mix_BTF.reshape(B, -1).gather(1, (pos_BHTR[..., None] * Fs + feat_BHTRK).reshape(B, -1)).view_as(val_BHTRK)
+            at_flat = (pos_BHTR[..., None] * Fs + feat_BHTRK).reshape(B, -1)  # (position, feature) in [T * F]
+            val_BHTRK = val_BHTRK + mix_BTF.reshape(B, -1).gather(1, at_flat).view_as(val_BHTRK)
         # p for each candidate: head h's attention on positions where its feature was on (summed over
         # the positions that hold it, through a [B H T, F] buffer).
         idx_NC, w_NC = feat_BHTRK.reshape(B * H * T, -1), w_BHTRK.reshape(B * H * T, -1)
         p_BHTRK = w_NC.new_zeros(B * H * T, Fs).scatter_add(1, idx_NC, w_NC).gather(1, idx_NC).view_as(w_BHTRK)
         carry_BHTRK = (p_BHTRK > 0.5) & (w_BHTRK > 0)
-        g_BHTRK = self.gain().gather(1, feat_BHTRK.transpose(0, 1).reshape(H, -1)).view(H, B, T, R, Kv).transpose(0, 1)
+        g_HBTRK = self.gain().gather(1, feat_BHTRK.transpose(0, 1).reshape(H, -1)).view(H, B, T, R, Kv)
+        g_BHTRK = g_HBTRK.transpose(0, 1)
         contrib_BHTRK = torch.where(carry_BHTRK, g_BHTRK * w_BHTRK * val_BHTRK / p_BHTRK.clamp_min(0.5), 0.0)
-        feat_BTC = feat_BHTRK.transpose(1, 2).reshape(B, T, -1)
-        c_BTF = uv_BTK.new_zeros(B, T, Fs).scatter_add(-1, feat_BTC, contrib_BHTRK.transpose(1, 2).reshape(B, T, -1))
-        carried_BTF = torch.zeros_like(c_BTF).scatter_add(-1, feat_BTC, carry_BHTRK.transpose(1, 2).reshape(B, T, -1).to(c_BTF.dtype)) > 0
+        def per_position(t_BHTRK: Tensor) -> Tensor:  # [B, T, H R Kv]: every candidate of position t
+            return t_BHTRK.transpose(1, 2).reshape(B, T, -1)
+
+        feat_BTC = per_position(feat_BHTRK)
+        c_BTF = uv_BTK.new_zeros(B, T, Fs).scatter_add(-1, feat_BTC, per_position(contrib_BHTRK))
+        carried_BTF = torch.zeros_like(c_BTF).scatter_add(-1, feat_BTC, per_position(carry_BHTRK).to(c_BTF.dtype)) > 0
 
         # Novel codes from what the context leaves unexplained.
         cW_BTD = decode_where(self.W_dec, c_BTF, carried_BTF)
         pre_BTF = self.pre_acts(x_BTD - cW_BTD)
         zv_BTK, zi_BTK = topk_relu(pre_BTF, self.k)
         z_BTF = torch.zeros_like(pre_BTF).scatter(-1, zi_BTK, zv_BTK)
-        recon_BTD = decode_sparse(self.W_dec, zi_BTK.flatten(0, 1), zv_BTK.flatten(0, 1)).view_as(x_BTD) + cW_BTD + self.b_dec
+        zW_BTD = decode_sparse(self.W_dec, zi_BTK.flatten(0, 1), zv_BTK.flatten(0, 1)).view_as(x_BTD)
+        recon_BTD = zW_BTD + cW_BTD + self.b_dec
         aux = {"pre_acts": pre_BTF, "context": c_BTF, "weights": w_BHT1R, "positions": pos_BHTR,
                "features": feat_BHTRK, "contributions": contrib_BHTRK}
         return SAEOutput(z_BTF, z_BTF + c_BTF, recon_BTD, aux)
@@ -209,7 +218,8 @@ class AttentionSAE(TopKSAE):
         dist = torch.arange(T, device=w.device).view(1, 1, T, 1) - out.aux["positions"]
         read = w[..., 1:].sum(-1).clamp_min(1e-12)
         active = a != 0
-        pathway = [self.W_q, self.W_k, self.b_q, self.k_null, self.null_logit, self.slope, self.head_logit, self.carry_logit, self.value_A, self.value_B]
+        pathway = [self.W_q, self.W_k, self.b_q, self.k_null, self.null_logit, self.slope, self.head_logit,
+                   self.carry_logit, self.value_A, self.value_B]
         return {
             "context_params": float(sum(p.numel() for p in pathway if p is not None)),
             "context_energy_share": ((C * R).sum() / R.pow(2).sum().clamp_min(1e-12)).item(),

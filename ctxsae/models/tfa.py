@@ -85,7 +85,9 @@ class TFASAE(TopKSAE):
         super().__init__(d_in, d_sae, k, auxk_k)
         d_qk, d_v = d_sae // bottleneck_factor, d_value or d_sae
         if d_qk % n_heads or d_v % n_heads:
-            raise ValueError(f"d_sae // bottleneck_factor = {d_qk} and d_value = {d_v} must be multiples of n_heads = {n_heads}")
+            raise ValueError(
+                f"d_sae // bottleneck_factor = {d_qk} and d_value = {d_v} must be multiples of n_heads = {n_heads}"
+            )
         self.n_heads, self.d_qk, self.d_v = n_heads, d_qk, d_v
         self.W_q = nn.Parameter(scaled_columns(d_sae, d_qk, 1 / math.sqrt(d_qk // n_heads)))
         self.W_k = nn.Parameter(scaled_columns(d_sae, d_qk, 1 / math.sqrt(d_qk // n_heads)))
@@ -118,7 +120,8 @@ class TFASAE(TopKSAE):
         # Predicted part: the component of x_t along the direction the context predicts.
         p_BTF = o_BTF.relu()
         d_BTD = p_BTF @ self.W_dec
-        beta_BT1 = (d_BTD * (x_BTD - self.b_dec)).sum(-1, keepdim=True) / (d_BTD.norm(dim=-1, keepdim=True) + self.eps).pow(2)
+        d_norm_BT1 = d_BTD.norm(dim=-1, keepdim=True) + self.eps
+        beta_BT1 = (d_BTD * (x_BTD - self.b_dec)).sum(-1, keepdim=True) / d_norm_BT1.pow(2)
         pred_BTF = self.gain * beta_BT1 * p_BTF
         x_pred_BTD = self.gain * beta_BT1 * d_BTD
 
@@ -126,7 +129,8 @@ class TFASAE(TopKSAE):
         pre_BTF = self.pre_acts(x_BTD - x_pred_BTD)
         zv_BTK, zi_BTK = topk_relu(pre_BTF, self.k)
         z_BTF = torch.zeros_like(pre_BTF).scatter(-1, zi_BTK, zv_BTK)
-        recon_BTD = decode_sparse(self.W_dec, zi_BTK.flatten(0, 1), zv_BTK.flatten(0, 1)).view_as(x_BTD) + x_pred_BTD + self.b_dec
+        zW_BTD = decode_sparse(self.W_dec, zi_BTK.flatten(0, 1), zv_BTK.flatten(0, 1)).view_as(x_BTD)
+        recon_BTD = zW_BTD + x_pred_BTD + self.b_dec
         aux = {"pre_acts": pre_BTF, "predicted": pred_BTF, "attn_out": o_BTF, "beta": beta_BT1,
                "q": q_BHTd, "k": k_BHTd, "v": v_BHTv, "mask": mask_B1TT}
         return SAEOutput(z_BTF, pred_BTF + z_BTF, recon_BTD, aux)

@@ -121,7 +121,8 @@ def test_starts_closed_as_topk():
     assert torch.allclose(out.reconstruction, ref.reconstruction, atol=1e-5)
     stats = sae.context_stats(out)
     assert stats["context_energy_share"] == 0 and stats["carried_fraction"] == 0
-    assert stats["context_params"] == 2 * D * 8 + 8 + 2 * 4 + 2 + 2 + 3 * F  # W_q, W_k, b_q, k_null, null, slope, pi, rho
+    # W_q, W_k, b_q, k_null, null_logit, slope, pi, rho
+    assert stats["context_params"] == 2 * D * 8 + 8 + 2 * 4 + 2 + 2 + 3 * F
 
 
 def test_closed_carry_still_learns_whether_to_open():
@@ -161,5 +162,6 @@ def test_without_region_features_no_worse_than_topk(fit, single_thread):
     torch.manual_seed(0)
     fvu_topk, _ = fit_and_measure(fit, TopKSAE(64, 128, k=3), cfg, 128, 200)
     torch.manual_seed(0)
-    fvu_attn, _ = fit_and_measure(fit, AttentionSAE(64, 128, k=3, k_values=8, n_heads=4, d_head=8, n_attend=8), cfg, 128, 200)
+    attn = AttentionSAE(64, 128, k=3, k_values=8, n_heads=4, d_head=8, n_attend=8)
+    fvu_attn, _ = fit_and_measure(fit, attn, cfg, 128, 200)
     assert fvu_attn < fvu_topk + 0.02
