@@ -46,6 +46,11 @@ def test_config_builds_the_model():
     assert isinstance(sae, RecurrentSAE) and sae.k == K and torch.allclose(sae.retention(), torch.tensor(0.25))
 
 
+def test_save_and_load_round_trip(round_trip, tmp_path):
+    sae = mixed_sae(torch.float32)
+    round_trip(sae, RecurrentConfig(d_in=D, d_sae=F, k=K), windows(torch.float32), tmp_path / "sae.safetensors")
+
+
 def test_strictly_causal():
     sae, x = mixed_sae(), windows()
     out = sae(x)
@@ -137,3 +142,44 @@ def test_closed_context_still_learns_whether_to_open():
     (out.reconstruction - x).pow(2).sum().backward()
     g = sae.retention_raw.grad
     assert g[0] < 0 and g[2] > 0 and torch.all(g[3:] == 0)
+
+
+# -- on synthetic data with a known answer ---------------------------------------------------------
+# Figures measured with these settings (data seeds 0 / 1):
+#   region features:    recurrent k=4 FVU 0.324 / 0.313, TopK k=6 0.351 / 0.337, TopK k=4 0.422
+#   no region features: recurrent k=4 FVU 0.199, TopK k=4 0.197
+
+
+def fit_and_score(fit, sae, region: bool) -> tuple[float, dict[str, float]]:
+    cfg = SyntheticConfig(n_windows=384, region_features=region, seed=0)
+    data, held = generate(cfg, 0, 256), generate(cfg, 256, 384)
+    fit(sae, data.x_NTD, data.doc_start_NT, steps=200)
+    sae.eval()
+    with torch.no_grad():
+        out = sae(held.x_NTD, held.doc_start_NT)
+    stats = sae.context_stats(out) if isinstance(sae, RecurrentSAE) else {}
+    return fvu(held.x_NTD, out.reconstruction).item(), stats | {"l0": l0(out.codes).item()}
+
+
+@pytest.mark.usefixtures("single_thread")
+def test_region_features_cost_fewer_codes_than_topk(fit):
+    torch.manual_seed(0)
+    rec, stats = fit_and_score(fit, RecurrentSAE(64, 128, k=4), region=True)
+    torch.manual_seed(0)
+    topk6, _ = fit_and_score(fit, TopKSAE(64, 128, k=6), region=True)
+    torch.manual_seed(0)
+    topk4, _ = fit_and_score(fit, TopKSAE(64, 128, k=4), region=True)
+    assert stats["l0"] <= 4
+    assert rec < topk6  # 4 novel codes per token reconstruct better than TopK's 6
+    assert rec < 0.85 * topk4
+    assert stats["context_energy_share"] > 0.2 and stats["carried_fraction"] > 0.3  # because context carries
+
+
+@pytest.mark.usefixtures("single_thread")
+def test_without_region_features_it_is_no_worse_than_topk(fit):
+    torch.manual_seed(0)
+    rec, stats = fit_and_score(fit, RecurrentSAE(64, 128, k=4), region=False)
+    torch.manual_seed(0)
+    topk, _ = fit_and_score(fit, TopKSAE(64, 128, k=4), region=False)
+    assert rec < topk + 0.02
+    assert stats["context_energy_share"] < 0.05  # nothing to carry, and context stayed (nearly) shut
