@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 if ! ls /usr/share/games/fortunes/de >/dev/null 2>&1 || ! ls /usr/share/games/fortunes/chinese >/dev/null 2>&1; then
     SUDO=$([ "$(id -u)" = 0 ] && echo "" || echo sudo)
     $SUDO apt-get update -qq
-    $SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fortunes fortunes-de fortunes-es fortunes-ru fortunes-zh >/dev/null
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fortunes fortunes-de fortunes-es fortunes-ru fortunes-zh >/dev/null
 fi
 
 PY=${PYTHON:-python3}
