@@ -18,7 +18,7 @@ once it has fallen below ``drop_below`` (default 0.1) of the value its last code
 floor(log(drop_below) / log(lambda_i)) positions. Cross-feature mixing is deliberately absent:
 latent i's value depends only on latent i's own codes.
 
-Why this form rather than the prototype of notes/CONTEXTUAL.md (a_t = ReLU(lambda a_{t-1} + z_t),
+Why this form rather than the first prototype's (a_t = ReLU(lambda a_{t-1} + z_t),
 z = signed TopK of an encoder fed x_t minus the decoding of lambda a_{t-1}):
 
 1. It starts as its baseline, exactly. Retention starts at 0, and then the forward pass is
@@ -64,6 +64,7 @@ class RecurrentConfig(SAEConfig):
     retention_init: float = 0.0  # initial retention lambda of every latent (0: context closed, the SAE starts as TopK)
     retention_speed: float = 10.0  # lambda = clamp(retention_speed * parameter): crosses [0, 1] in ~1 / (speed * lr) Adam steps
     drop_below: float = 0.1  # a held value is zeroed once it has decayed below this fraction of the value its code set
+    learn_retention: bool = True  # False: lambda stays at retention_init (the fixed-retention ablation)
 
 
 class RecurrentSAE(TopKSAE):
@@ -78,12 +79,13 @@ class RecurrentSAE(TopKSAE):
         retention_init: float = 0.0,
         retention_speed: float = 10.0,
         drop_below: float = 0.1,
+        learn_retention: bool = True,
     ):
         super().__init__(d_in, d_sae, k, auxk_k)
         self.retention_speed, self.drop_below = retention_speed, drop_below
         # Adam moves every parameter by about lr per step, which suits weights of size ~1/sqrt(d) but
         # would leave lambda, which must cross [0, 1], closed for ~1/lr steps: it is stored scaled down.
-        self.retention_raw = nn.Parameter(torch.full((d_sae,), retention_init / retention_speed))
+        self.retention_raw = nn.Parameter(torch.full((d_sae,), retention_init / retention_speed), requires_grad=learn_retention)
 
     def retention(self) -> Tensor:
         """lambda [F] in [0, 1], with the gradient passed straight through the clamp."""

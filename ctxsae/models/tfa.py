@@ -84,9 +84,10 @@ class TFASAE(TopKSAE):
     ):
         super().__init__(d_in, d_sae, k, auxk_k)
         d_qk, d_v = d_sae // bottleneck_factor, d_value or d_sae
-        if d_qk % n_heads or d_v % n_heads:
+        if d_qk < n_heads or d_qk % n_heads or d_v % n_heads:
             raise ValueError(
-                f"d_sae // bottleneck_factor = {d_qk} and d_value = {d_v} must be multiples of n_heads = {n_heads}"
+                f"d_sae // bottleneck_factor = {d_qk} and d_value = {d_v} must be positive multiples of n_heads = {n_heads}:"
+                " lower model.bottleneck_factor or model.n_heads"
             )
         self.n_heads, self.d_qk, self.d_v = n_heads, d_qk, d_v
         self.W_q = nn.Parameter(scaled_columns(d_sae, d_qk, 1 / math.sqrt(d_qk // n_heads)))

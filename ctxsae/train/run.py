@@ -20,6 +20,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from ctxsae.cache.source import ActivationSource
+from ctxsae.cache.store import ActivationCache, open_or_build
 from ctxsae.errors import UserError
 from ctxsae.evaluate import evaluate_fast
 from ctxsae.extract.activations import LMActivations
@@ -33,6 +34,11 @@ def build_source(cfg: DictConfig) -> ActivationSource:
     if hasattr(source, "documents"):
         return LMActivations(source, cfg.lm, cfg.data.n_ctx, cfg.data.max_windows, cfg.data.seed)
     return source
+
+
+def extract(cfg: DictConfig) -> ActivationCache:
+    """Fill, finish or verify the activation cache that training runs with ``cfg`` read."""
+    return open_or_build(build_source(cfg), cfg.cache)
 
 
 class Throughput(Callback):

@@ -1,4 +1,4 @@
-"""AttentionSAE: the contextual rules of notes/CONTEXTUAL.md, and what it buys on synthetic data."""
+"""AttentionSAE: the contextual rules (causal, document resets, switching off, attribution), and what it buys on synthetic data."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""RecurrentSAE: the contextual rules of notes/CONTEXTUAL.md, and what it buys on synthetic data."""
+"""RecurrentSAE: the contextual rules (causal, document resets, switching off, attribution), and what it buys on synthetic data."""
 
 from __future__ import annotations
 
@@ -183,3 +183,12 @@ def test_without_region_features_it_is_no_worse_than_topk(fit):
     topk, _ = fit_and_score(fit, TopKSAE(64, 128, k=4), region=False)
     assert rec < topk + 0.02
     assert stats["context_energy_share"] < 0.05  # nothing to carry, and context stayed (nearly) shut
+
+
+def test_fixed_retention_stays_where_it_was_set(fit):
+    sae = RecurrentSAE(D, F, K, retention_init=0.9, learn_retention=False)
+    x = torch.randn(32, T, D, generator=torch.Generator().manual_seed(3))
+    before = sae.retention().detach().clone()
+    fit(sae, x, steps=5, batch_windows=8)
+    assert torch.equal(sae.retention(), before) and torch.allclose(before, torch.tensor(0.9))
+    assert not sae.retention_raw.requires_grad

@@ -1,4 +1,4 @@
-"""TFASAE: the contextual rules of notes/CONTEXTUAL.md for TFA's predicted + novel codes, and synthetic data."""
+"""TFASAE: the contextual rules (causal, document resets, attribution) for TFA's predicted + novel codes, and synthetic data."""
 
 from __future__ import annotations
 

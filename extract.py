@@ -1,0 +1,40 @@
+"""Fill the activation cache without training: glue between Hydra and ctxsae.train.run.extract.
+
+    python extract.py [data=...] [lm=...] [lm.layer=...]     (the same overrides as train.py)
+
+Run it once before a sweep so every job finds the cache ready (jobs that start while it runs
+wait on the cache's file lock and then reuse it). Takes train.py's config, so the cache key is
+the one those training runs will look up.
+"""
+
+import sys
+
+import hydra
+from hydra.errors import InstantiationException
+from omegaconf import DictConfig
+
+from ctxsae.config import register_configs
+from ctxsae.errors import UserError
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> None:
+    from ctxsae.train.run import extract
+
+    try:
+        cache = extract(cfg)
+    except (UserError, InstantiationException) as e:
+        cause = e.__cause__ if isinstance(e, InstantiationException) and e.__cause__ else e
+        if not isinstance(cause, UserError):
+            raise
+        print(f"error: {cause}", file=sys.stderr)
+        sys.exit(1)
+    rate = cache.manifest.get("extract_tokens_per_s")
+    print(f"activation cache ready: {cache.n_windows:,} windows of {cache.n_ctx} tokens, d_in {cache.d_in}"
+          f"{f', extracted at {rate:.0f} tok/s' if rate else ''}\n  {cache.folder}")
+
+
+if __name__ == "__main__":
+    main()
