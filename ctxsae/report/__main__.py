@@ -1,10 +1,14 @@
 """Aggregate a sweep: one row per run, a CSV, a Markdown table and Pareto plots.
 
-    python -m ctxsae.report outputs/sweeps/pareto [--out DIR]
+    python -m ctxsae.report outputs/sweeps/pareto [--out DIR] [--baseline TopKSAE]
 
 Every job directory under the sweep (one holding Hydra's ``.hydra/`` or a ``config.yaml``) becomes
 a row, finished or not: failed and unfinished runs are listed with their status, never dropped.
 Figures come from ``summary.json`` (training) and, where ``python evaluate.py`` ran, ``eval.json``.
+
+The headline question, "fewer codes at equal reconstruction?", is answered by ``matched_l0``: each
+run's L0 divided by the baseline's L0 at the same held-out FVU, read off the baseline's Pareto front
+(log L0 interpolated linearly in FVU between its two neighbouring points; never extrapolated).
 """
 
 from __future__ import annotations
@@ -18,17 +22,19 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from ctxsae.report.markdown import flatten
-from ctxsae.report.plots import pareto_plot
+from ctxsae.report.plots import pareto_front, pareto_plot
 
 # column -> where it comes from: "summary:<key>" or "eval:<flattened key>" or "config:<dotted key>"
 COLUMNS = {
     "run": None,
     "status": None,
+    "group": None,
     "model": "summary:model",
     "k": "config:model.k",
     "sparsity_coef": "config:loss.sparsity",
     "d_sae": "config:model.d_sae",
     "layer": "config:lm.layer",
+    "n_ctx": "config:data.n_ctx",
     "fvu": "summary:fvu",
     "l0": "summary:l0",
     "l0_effective": "summary:l0_effective",
@@ -36,6 +42,7 @@ COLUMNS = {
     "flicker": "eval:temporal/flicker_effective/weighted",  # novel codes fire once by design
     "switch_auroc": "eval:language_switch/auroc_heldout",
     "tokens_per_s": "summary:train_tokens_per_s",
+    "overrides": None,
 }
 
 
@@ -67,7 +74,38 @@ def row_of(job: Path, sweep: Path) -> dict:
         row[column] = value
     if row["model"] is None:  # unfinished: name the architecture from its config target
         row["model"] = str(OmegaConf.select(cfg, "model._target_", default="?")).rsplit(".", 1)[-1]
+    launched = job / ".hydra"
+    overrides = OmegaConf.load(launched / "overrides.yaml") if (launched / "overrides.yaml").exists() else []
+    row["overrides"] = " ".join(o for o in overrides if not o.startswith("+sweep="))
+    # Variants of one class (conf/ablation/) are separate curves: name them by their ablation choice.
+    ablation = OmegaConf.select(OmegaConf.load(launched / "hydra.yaml"), "hydra.runtime.choices.ablation",
+                                default=None) if (launched / "hydra.yaml").exists() else None
+    row["group"] = f"{row['model']} ({ablation})" if ablation else row["model"]
     return row
+
+
+def matched_l0(rows: list[dict], baseline: str = "TopKSAE") -> list[dict]:
+    """For each finished non-baseline run: its novel and effective L0 over the baseline's L0 at its FVU."""
+    base = [r for r in rows if r["status"] == "finished" and r["group"] == baseline]
+    front = sorted((base[i]["fvu"], base[i]["l0"]) for i in pareto_front([r["l0"] for r in base], [r["fvu"] for r in base]))
+    matched = []
+    for r in rows:
+        if r["status"] != "finished" or r["group"] == baseline:
+            continue
+        l0_base = _interpolate_log(front, r["fvu"])
+        matched.append({"run": r["run"], "group": r["group"], "fvu": r["fvu"], "l0": r["l0"], "baseline_l0": l0_base,
+                        "l0_ratio": r["l0"] / l0_base if l0_base else None,
+                        "l0_effective_ratio": r["l0_effective"] / l0_base if l0_base else None})
+    return matched
+
+
+def _interpolate_log(front: list[tuple[float, float]], fvu: float) -> float | None:
+    """L0 on the front (FVU ascending) at ``fvu``, log-linear between neighbours; None outside its range."""
+    for (f0, l0), (f1, l1) in zip(front, front[1:]):
+        if f0 <= fvu <= f1:
+            w = (fvu - f0) / (f1 - f0) if f1 > f0 else 0.0
+            return math.exp((1 - w) * math.log(l0) + w * math.log(l1))
+    return front[0][1] if len(front) == 1 and math.isclose(front[0][0], fvu) else None
 
 
 def _fmt(v) -> str:
@@ -76,25 +114,33 @@ def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def markdown(rows: list[dict]) -> str:
-    head = "| " + " | ".join(COLUMNS) + " |"
-    rule = "|" + "---|" * len(COLUMNS)
-    return "\n".join([head, rule, *("| " + " | ".join(_fmt(r.get(c)) for c in COLUMNS) + " |" for r in rows)]) + "\n"
+def markdown(rows: list[dict], columns=tuple(COLUMNS)) -> str:
+    head = "| " + " | ".join(columns) + " |"
+    rule = "|" + "---|" * len(columns)
+    return "\n".join([head, rule, *("| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |" for r in rows)]) + "\n"
 
 
-def report(sweep: Path, out: Path | None = None) -> list[dict]:
+def matched_markdown(matched: list[dict], baseline: str) -> str:
+    if not matched:
+        return ""
+    text = (f"\n## L0 at matched FVU, against {baseline}\n\nbaseline_l0: the {baseline} Pareto front's L0 at the run's "
+            "held-out FVU (blank: the FVU is outside the front's range, no extrapolation).\n\n")
+    return text + markdown(matched, ("run", "group", "fvu", "l0", "baseline_l0", "l0_ratio", "l0_effective_ratio"))
+
+
+def report(sweep: Path, out: Path | None = None, baseline: str = "TopKSAE") -> list[dict]:
     out = out or sweep
     out.mkdir(parents=True, exist_ok=True)
     rows = [row_of(job, sweep) for job in job_dirs(sweep)]
-    rows.sort(key=lambda r: (r["model"], r.get("l0") or 0))
+    rows.sort(key=lambda r: (r["group"], r.get("l0") or 0))
     with open(out / "report.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(COLUMNS))
         writer.writeheader()
         writer.writerows(rows)
-    (out / "report.md").write_text(markdown(rows))
+    (out / "report.md").write_text(markdown(rows) + matched_markdown(matched_l0(rows, baseline), baseline))
     finished = [r for r in rows if r["status"] == "finished"]
-    pareto_plot(finished, x="l0", y="fvu", path=out / "pareto_l0_fvu.png")
-    pareto_plot(finished, x="l0", y="ce_recovered", path=out / "pareto_l0_ce.png", maximize=True)
+    pareto_plot(finished, x="l0", y="fvu", group="group", path=out / "pareto_l0_fvu.png")
+    pareto_plot(finished, x="l0", y="ce_recovered", group="group", path=out / "pareto_l0_ce.png", maximize=True)
     _log_tensorboard(out, finished)
     return rows
 
@@ -103,19 +149,20 @@ def _log_tensorboard(out: Path, rows: list[dict]) -> None:
     from torch.utils.tensorboard import SummaryWriter
 
     with SummaryWriter(str(out / "tb_report")) as writer:
-        writer.add_figure("pareto/l0_vs_fvu", pareto_plot(rows, x="l0", y="fvu"))
-        writer.add_figure("pareto/l0_vs_ce_recovered", pareto_plot(rows, x="l0", y="ce_recovered", maximize=True))
+        writer.add_figure("pareto/l0_vs_fvu", pareto_plot(rows, x="l0", y="fvu", group="group"))
+        writer.add_figure("pareto/l0_vs_ce_recovered", pareto_plot(rows, x="l0", y="ce_recovered", group="group", maximize=True))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m ctxsae.report", description=__doc__.splitlines()[0])
     parser.add_argument("sweep", type=Path, help="a multirun directory (e.g. outputs/sweeps/pareto)")
     parser.add_argument("--out", type=Path, default=None, help="where to write report.csv/.md and the plots (default: the sweep dir)")
+    parser.add_argument("--baseline", default="TopKSAE", help="the group other runs' L0 is matched against (default: TopKSAE)")
     args = parser.parse_args()
     if not args.sweep.is_dir():
         raise SystemExit(f"error: {args.sweep} is not a directory: pass the sweep's output directory (hydra.sweep.dir)")
-    rows = report(args.sweep, args.out)
-    print(markdown(rows))
+    rows = report(args.sweep, args.out, args.baseline)
+    print(markdown(rows) + matched_markdown(matched_l0(rows, args.baseline), args.baseline))
     counts = {s: sum(r["status"].startswith(s) for r in rows) for s in ("finished", "failed", "unfinished")}
     print(f"{len(rows)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f"; written to {args.out or args.sweep}")
 

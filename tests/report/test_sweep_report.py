@@ -3,7 +3,9 @@ import json
 
 from omegaconf import OmegaConf
 
-from ctxsae.report.__main__ import report
+import pytest
+
+from ctxsae.report.__main__ import matched_l0, report
 
 
 def job(root, name, model="ctxsae.models.topk.TopKSAE", k=8, summary=None, failed=None, launched_only=False):
@@ -37,3 +39,21 @@ def test_every_run_is_a_row_with_its_status_and_figures(tmp_path):
     assert md.count("\n") == 6 and "failed: FloatingPointError" in md
     assert (tmp_path / "pareto_l0_fvu.png").stat().st_size > 1000
     assert list((tmp_path / "tb_report").glob("events.out.tfevents.*"))
+
+
+def test_l0_is_matched_against_the_baseline_front_at_equal_fvu(tmp_path):
+    for name, fvu, l0 in (("t8", 0.2, 8.0), ("t32", 0.1, 32.0), ("t16_worse", 0.25, 16.0)):
+        job(tmp_path, name, summary={"model": "TopKSAE", "fvu": fvu, "l0": l0, "l0_effective": l0})
+    recurrent = "ctxsae.models.recurrent.RecurrentSAE"
+    job(tmp_path, "r", model=recurrent, summary={"model": "RecurrentSAE", "fvu": 0.15, "l0": 4.0, "l0_effective": 12.0})
+    job(tmp_path, "r_far", model=recurrent, summary={"model": "RecurrentSAE", "fvu": 0.3, "l0": 2.0, "l0_effective": 2.0})
+    OmegaConf.save({"hydra": {"runtime": {"choices": {"ablation": "recurrent_fixed"}}}}, tmp_path / "r" / ".hydra" / "hydra.yaml")
+
+    rows = report(tmp_path)
+    matched = {m["run"]: m for m in matched_l0(rows)}
+    assert set(matched) == {"r", "r_far"}  # baseline runs are not matched against themselves
+    assert matched["r"]["group"] == "RecurrentSAE (recurrent_fixed)"
+    assert matched["r"]["baseline_l0"] == pytest.approx(16.0)  # halfway between 8 and 32 in log L0
+    assert matched["r"]["l0_ratio"] == pytest.approx(0.25) and matched["r"]["l0_effective_ratio"] == pytest.approx(0.75)
+    assert matched["r_far"]["baseline_l0"] is None  # outside the front: no extrapolation
+    assert "L0 at matched FVU" in (tmp_path / "report.md").read_text()
