@@ -24,7 +24,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=None, help="timed repeats per measurement, median taken (default 5; 3 with --quick)")
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up calls per measurement")
     p.add_argument("--lm", choices=["smollm2", "tiny"], default=None, help="LM for the extraction figure (default smollm2; tiny with --quick)")
-    p.add_argument("--layer", type=int, default=3, help="hook layer (resid_post) for the extraction figure")
+    p.add_argument("--layer", type=int, default=8, help="hook layer (resid_post) for the extraction figure (the demo's)")
     p.add_argument("--lm-windows", type=int, default=None, help="windows extracted per timed repeat (default 8; 16 with --quick)")
     p.add_argument("--lm-batch-windows", type=int, default=4, help="windows per LM forward pass")
     p.add_argument("--mem-windows", type=int, default=None, help="windows of the 1x cache in the memory figure (default 64; 16 with --quick)")

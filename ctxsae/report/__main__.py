@@ -42,6 +42,11 @@ COLUMNS = {
     "flicker": "eval:temporal/flicker_effective/weighted",  # novel codes fire once by design
     "switch_auroc": "eval:language_switch/auroc_heldout",
     "tokens_per_s": "summary:train_tokens_per_s",
+    "gt_l0": "eval:synthetic/gt_l0",  # synthetic data: the ground truth's novel events per position
+    "gt_dense_l0": "eval:synthetic/gt_dense_l0",  # ... and its active features per position
+    "recovery": "eval:synthetic/recovery",
+    "onset_precision": "eval:synthetic/onset_decoder_precision",
+    "onset_recall": "eval:synthetic/onset_decoder_recall",
     "overrides": None,
 }
 

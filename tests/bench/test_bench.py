@@ -3,6 +3,7 @@
 import json
 import math
 
+import pytest
 import torch
 
 from ctxsae.bench import RandomSource, batch_of, topk_flops, train_step_fn
@@ -14,7 +15,7 @@ FIGURES = {"extraction", "cache", "saelens", "roofline", "contextual", "memory"}
 
 def test_quick_run_writes_all_six_figures_with_finite_ratios_or_skip_reasons(tmp_path):
     out = tmp_path / "bench.json"
-    main(["--quick", "--d-in", "32", "--d-sae", "64", "--k", "4", "--batch-tokens", "64", "--n-ctx", "16",
+    main(["--quick", "--d-in", "32", "--d-sae", "256", "--k", "4", "--batch-tokens", "64", "--n-ctx", "16",
           "--steps", "1", "--warmup", "0", "--lm-windows", "2", "--lm-batch-windows", "2", "--mem-windows", "4",
           "--out", str(out)])
     report = json.loads(out.read_text())
@@ -43,3 +44,13 @@ def test_flop_count_and_random_source_shapes():
     assert topk_flops(10, 4, 8, 2) == 6 * 10 * 4 * 8 + 6 * 10 * 2 * 4
     chunks = list(RandomSource(d_in=8, n_ctx=4, n_windows=5).chunks(0, 2))
     assert [len(c.x_NTD) for c in chunks] == [2, 2, 1] and chunks[0].doc_start_NT[:, 0].all()
+
+
+def test_saelens_step_trains_when_sae_lens_is_installed():
+    sae_lens = pytest.importorskip("sae_lens", reason="optional bench extra: pip install -e .[bench]")
+    from ctxsae.bench import saelens_step_fn
+
+    sae = sae_lens.TopKTrainingSAE(sae_lens.TopKTrainingSAEConfig(d_in=16, d_sae=32, k=4, device="cpu"))
+    before = sae.W_enc.detach().clone()
+    saelens_step_fn(sae, batch_of(16, 64, 8).x_BTD.flatten(0, 1), lr=1e-2)()
+    assert not torch.equal(before, sae.W_enc)
