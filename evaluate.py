@@ -2,6 +2,7 @@
 
     python evaluate.py run=outputs/runs/<date>/<time>_topk      (or run=.../sae.safetensors)
     python evaluate.py -m run=<dir a>,<dir b>                    (several runs, one after another)
+    python evaluate.py run=<run dir> report=html                 (and the feature browser, <run>/browse/index.html)
 
 Writes eval.json, eval.md and eval_heatmap_*.png into the run directory and logs the same figures
 with the run's hyperparameters to its TensorBoard directory (tb/: the HParams view compares runs).
@@ -30,6 +31,8 @@ def main(cfg: DictConfig) -> float | None:
     run_dir = results["run"]["run_dir"]
     print((open(f"{run_dir}/eval.md").read().split("\n## ")[0]).rstrip())
     print(f"\n  full tables  {run_dir}/eval.md  ({run_dir}/eval.json)\n  TensorBoard  tensorboard --logdir {run_dir}")
+    if "browse" in results:
+        print(f"  browser      {results['browse']}")
     return results["reconstruction"]["fvu"]
 
 

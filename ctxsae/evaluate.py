@@ -5,6 +5,7 @@
         -> LM with the reconstruction spliced in -> CE loss recovered, KL                   (downstream)
         -> two-language windows -> LM -> SAE -> best "language B started" latent          (language switch probe)
         -> eval.json, eval.md, eval_heatmap_*.png, TensorBoard (scalars, hparams, figures) in the run dir
+        -> with report=html: the feature browser in <run>/browse/ (``ctxsae.browse``)
 
 Held-out windows are the DataModule's val split (the same windows for every run of a sweep);
 metrics count the positions its ``mask_BT`` keeps, as training does. Activations are fed to the
@@ -18,10 +19,10 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -64,6 +65,7 @@ class EvalConfig:
     heatmap_windows: int = 2  # held-out windows drawn as latent heatmaps (plus one probe window)
     heatmap_latents: int = 8  # latents per heatmap
     tensorboard: bool = True  # log figures, histograms and hparams under <run>/tb
+    report: str = "none"  # none | html: also write the feature browser (ctxsae.browse) into <run>/browse/
     probe: ProbeConfig = field(default_factory=ProbeConfig)
 
 
@@ -101,7 +103,12 @@ class _Mean:
 
 
 @torch.no_grad()
-def _held_out_pass(sae: SAE, dm, cfg: EvalConfig) -> tuple[dict, dict]:
+def _held_out_pass(sae: SAE, dm, cfg: EvalConfig, on_batch: Callable[[Windows, Any], None] | None = None) -> tuple[dict, dict]:
+    """The held-out figures, and the per-latent accumulators behind them (``extras``) for other readers.
+
+    ``on_batch(windows, out)``: called with every batch and the SAE's output, so a caller that wants
+    more per-latent figures (the feature browser) reads the same windows in the same pass.
+    """
     device = next(sae.parameters()).device
     rec, spars = Reconstruction(), Sparsity(sae.d_sae)
     temporal, context = Temporal(sae.d_sae, cfg.region_gap, cfg.region_min_len), _Mean()
@@ -112,6 +119,8 @@ def _held_out_pass(sae: SAE, dm, cfg: EvalConfig) -> tuple[dict, dict]:
         temporal.update(out, b.doc_start_BT, b.mask_BT)
         if hasattr(sae, "context_stats"):
             context.update(sae.context_stats(out), out.codes.shape[0] * out.codes.shape[1])
+        if on_batch is not None:
+            on_batch(b, out)
     results = {
         "reconstruction": rec.compute(),
         "sparsity": spars.compute(cfg.dense_threshold),
@@ -120,7 +129,8 @@ def _held_out_pass(sae: SAE, dm, cfg: EvalConfig) -> tuple[dict, dict]:
         "synthetic": _synthetic(sae, dm, cfg) if hasattr(dm.source, "ground_truth") else None,
     }
     fired = spars.fires_F[spars.fires_F > 0].double() / max(spars.n, 1)
-    extras = {"mean_x_D": (torch.as_tensor(rec.sum_x) / max(rec.n, 1)).float(), "log10_freq": fired.log10()}
+    extras = {"mean_x_D": (torch.as_tensor(rec.sum_x) / max(rec.n, 1)).float(), "log10_freq": fired.log10(),
+              "sparsity": spars, "temporal": temporal}
     return results, extras
 
 
@@ -316,31 +326,49 @@ def _device(name: str) -> torch.device:
     return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name))
 
 
-def evaluate_run(cfg: EvalConfig) -> dict:
-    """Evaluate the run ``cfg.run``; write eval.json, eval.md, heatmaps and TensorBoard events into it."""
+class OpenRun(NamedTuple):
+    run_dir: Path
+    sae_file: Path
+    train_cfg: DictConfig
+    sae: SAE  # on the chosen device, in eval mode
+    dm: Any  # ActivationDataModule of the run's cache, set up (its val split: the held-out windows)
+    extractor: Any  # the LM at the hook (``LMActivations.extractor``); None without an LM or when not asked for
+
+
+def open_run(run: str, device: str = "auto", with_lm: bool = True) -> OpenRun:
+    """Rebuild a run's SAE, source, cache, held-out split and (``with_lm``, text data only) LM from its config.yaml."""
     from ctxsae.extract.activations import LMActivations
     from ctxsae.train.datamodule import ActivationDataModule
     from ctxsae.train.run import build_source
 
-    t_start = time.perf_counter()
-    run_dir, sae_file = resolve_run(cfg.run)
+    run_dir, sae_file = resolve_run(run)
     train_cfg = OmegaConf.load(run_dir / "config.yaml")
-    device = _device(cfg.device)
+    torch_device = _device(device)
     try:
         sae, _ = load_sae(sae_file)
     except RuntimeError as e:  # load_state_dict: the SAE's code changed since the run saved it
         raise UserError(f"{sae_file} does not fit the current code of its SAE class ({str(e).splitlines()[-1].strip()}): "
                         "retrain the run, or evaluate it from the commit it was trained with") from e
-    sae = sae.to(device).eval()
+    sae = sae.to(torch_device).eval()
     source = build_source(train_cfg)
     dm = ActivationDataModule(source, train_cfg.data, train_cfg.cache)
     dm.prepare_data()
     dm.setup("validate")
     extractor = None
-    if isinstance(source, LMActivations) and (cfg.downstream or cfg.probe.n_windows > 0):
+    if isinstance(source, LMActivations) and with_lm:
         extractor = source.extractor
-        extractor.loaded.model.to(device)
-        extractor.device = device
+        extractor.loaded.model.to(torch_device)
+        extractor.device = torch_device
+    return OpenRun(run_dir, sae_file, train_cfg, sae, dm, extractor)
+
+
+def evaluate_run(cfg: EvalConfig) -> dict:
+    """Evaluate the run ``cfg.run``; write eval.json, eval.md, heatmaps and TensorBoard events into it."""
+    t_start = time.perf_counter()
+    if cfg.report not in ("none", "html"):
+        raise UserError(f"report={cfg.report}: choose report=none or report=html (the feature browser)")
+    opened = open_run(cfg.run, cfg.device, cfg.downstream or cfg.probe.n_windows > 0 or cfg.report == "html")
+    run_dir, sae_file, train_cfg, sae, dm, extractor = opened
     results, figures = evaluate(sae, dm, cfg, extractor, train_cfg.data.n_ctx)
     log10_freq = results.pop("_log10_freq")
     hparams = hparams_of(train_cfg, sae)
@@ -365,6 +393,10 @@ def evaluate_run(cfg: EvalConfig) -> dict:
     (run_dir / "eval.md").write_text(to_markdown(results))
     if cfg.tensorboard:
         log_tensorboard(run_dir, results, figures, log10_freq)
+    if cfg.report == "html":
+        from ctxsae.browse import BrowseConfig, write_run_site
+
+        results["browse"] = str(write_run_site(opened, BrowseConfig(eval=cfg)))
     return results
 
 
