@@ -16,6 +16,7 @@ are null there, and ground-truth figures (``ctxsae.metrics.synthetic``) are adde
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -32,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from ctxsae.data.text import DEFAULT_SWITCH_PAIRS, FORTUNES_ROOT, language_switch_windows
 from ctxsae.errors import UserError
 from ctxsae.metrics import synthetic
-from ctxsae.metrics.downstream import Downstream
+from ctxsae.metrics.downstream import ABLATIONS, CONDITIONS, SPLICE_ONLY, Downstream
 from ctxsae.metrics.language import switch_probe, switch_windows, with_controls
 from ctxsae.metrics.reconstruction import Reconstruction
 from ctxsae.metrics.sparsity import Sparsity
@@ -163,12 +164,30 @@ def evaluate_fast(sae: SAE, datamodule, cfg: EvalConfig | None = None) -> dict:
 
 @torch.no_grad()
 def _downstream(sae: SAE, dm, cfg: EvalConfig, extractor, mean_x_D: torch.Tensor) -> dict:
+    """CE recovered and KL; the zero / mean ablations are computed once per cache and evaluation set."""
     device = next(sae.parameters()).device
     mean_raw_D = sae.denormalize(mean_x_D.to(device))
-    acc = Downstream()
+    baseline_file = _ablation_file(dm, cfg, extractor, mean_raw_D)
+    baseline = json.loads(baseline_file.read_text()) if baseline_file.exists() else None
+    acc = Downstream(SPLICE_ONLY if baseline else CONDITIONS)
     for b in _val_batches(dm, cfg, device, 1.0):
         acc.update(extractor.lm, extractor.envoy, sae, b.tokens_BT.long(), b.doc_start_BT, b.mask_BT, mean_raw_D)
-    return acc.compute()
+    if baseline is None:
+        baseline_file.parent.mkdir(exist_ok=True)
+        tmp = baseline_file.with_name(baseline_file.name + ".tmp")
+        tmp.write_text(json.dumps(acc.sums(ABLATIONS)))
+        tmp.replace(baseline_file)  # atomic: jobs of a sweep may evaluate at once
+    return acc.compute(baseline)
+
+
+def _ablation_file(dm, cfg: EvalConfig, extractor, mean_raw_D: torch.Tensor) -> Path:
+    """Where the ablation sums for these windows live: in the activation cache, keyed by all they depend on
+    (the cache already fixes LM, hook and windows; here: how many windows, the LM's dtype and device, the mean)."""
+    weight = next(extractor.loaded.model.parameters())
+    mean = np.round(mean_raw_D.double().cpu().numpy(), 4).tobytes()
+    key = json.dumps([cfg.max_windows, len(dm.val_idx), str(weight.dtype), weight.device.type, dm.cfg.exclude_first])
+    digest = hashlib.sha256(key.encode() + mean).hexdigest()[:16]
+    return Path(dm.cache.folder) / "downstream" / f"ablations_{digest}.json"
 
 
 @torch.no_grad()

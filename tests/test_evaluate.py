@@ -74,6 +74,15 @@ def test_evaluate_writes_json_markdown_figures(evaluated):
     assert "| FVU |" in stdout and "eval.md" in stdout
 
 
+def test_the_ablation_baselines_are_kept_in_the_cache_for_the_next_run(evaluated):
+    run_dir, _ = evaluated
+    r = json.loads((run_dir / "eval.json").read_text())
+    (ablations,) = (run_dir.parent / "cache").rglob("downstream/ablations_*.json")
+    sums = json.loads(ablations.read_text())
+    assert sums["n"] == r["downstream"]["n_tokens"]
+    assert sums["ce"]["zero"] / sums["n"] == r["downstream"]["ce_zero"]
+
+
 def test_evaluate_logs_scalars_hparams_and_figures_to_tensorboard(evaluated):
     run_dir, _ = evaluated
     files = list((run_dir / "tb").glob("events.out.tfevents.*.eval"))

@@ -16,6 +16,10 @@ kept positions that have a next token, in every condition alike.
     ce_recovered_zero = (CE_zero - CE_spliced) / (CE_zero - CE_clean)     1: as good as clean, 0: as bad as zeroing
     ce_recovered_mean = (CE_mean - CE_spliced) / (CE_mean - CE_clean)     the same against the (harder) mean baseline
     kl_spliced        = mean KL(p_clean || p_spliced) of the next-token distributions
+
+The zero and mean conditions do not depend on the SAE, so a sweep computes them once:
+``Downstream(SPLICE_ONLY)`` runs only clean + spliced, and ``compute(baseline)`` takes the ablation
+sums (``sums(ABLATIONS)``) of an earlier pass over the same windows.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from ctxsae.extract.activations import first
 from ctxsae.models.base import SAE
 
 CONDITIONS = ("clean", "spliced", "zero", "mean")
+ABLATIONS = ("zero", "mean")  # SAE-independent: shareable across the runs of one cache
+SPLICE_ONLY = ("clean", "spliced")  # clean is needed beside the splice for the KL
 
 
 def set_output(envoy: Any, value: Tensor) -> None:
@@ -56,10 +62,11 @@ def next_token_logprobs(logits_BTV: Tensor) -> Tensor:
 class Downstream:
     """Streaming sums of CE per condition and KL(clean || condition) over the scored positions."""
 
-    def __init__(self):
-        self.n = 0
-        self.ce = dict.fromkeys(CONDITIONS, 0.0)
-        self.kl = dict.fromkeys(CONDITIONS[1:], 0.0)
+    def __init__(self, conditions: tuple[str, ...] = CONDITIONS):
+        assert conditions[0] == "clean", "the clean run comes first: every KL is measured against it"
+        self.conditions, self.n = conditions, 0
+        self.ce = dict.fromkeys(conditions, 0.0)
+        self.kl = dict.fromkeys(conditions[1:], 0.0)
 
     @torch.no_grad()
     def update(self, nn_lm: Any, envoy: Any, sae: SAE, ids_BT: Tensor, doc_start_BT: Tensor, mask_BT: Tensor,
@@ -77,6 +84,7 @@ class Downstream:
             "zero": lambda h: torch.where(keep, torch.zeros_like(h), h),
             "mean": lambda h: torch.where(keep, mean_act_D.to(h.dtype), h),
         }
+        patches = {name: patches[name] for name in self.conditions}
         scored = mask_BT[:, :-1]  # kept positions that predict a next token
         target = ids_BT[:, 1:, None]
         self.n += int(scored.sum())
@@ -91,14 +99,25 @@ class Downstream:
                 self.kl[name] += (kl * scored).sum().item()
             del lp
 
-    def compute(self) -> dict[str, float]:
+    def sums(self, conditions: tuple[str, ...]) -> dict:
+        """The raw sums of some conditions (JSON-able), to stand in for them in a later ``compute``."""
+        return {"n": self.n, "ce": {k: self.ce[k] for k in conditions}, "kl": {k: self.kl[k] for k in conditions}}
+
+    def compute(self, baseline: dict | None = None) -> dict[str, float]:
+        """Every figure; conditions this pass did not run come from ``baseline`` (same windows, same n)."""
+        ce_sums, kl_sums = dict(self.ce), dict(self.kl)
+        if baseline is not None:
+            if baseline["n"] != self.n:
+                raise ValueError(f"baseline sums cover {baseline['n']} positions, this pass {self.n}: not the same windows")
+            ce_sums |= {k: v for k, v in baseline["ce"].items() if k not in self.ce}
+            kl_sums |= {k: v for k, v in baseline["kl"].items() if k not in self.kl}
         n = max(self.n, 1)
-        ce = {k: v / n for k, v in self.ce.items()}
+        ce = {k: v / n for k, v in ce_sums.items()}
         return {
             **{f"ce_{k}": v for k, v in ce.items()},
             "ce_recovered_zero": ce_recovered(ce["zero"], ce["spliced"], ce["clean"]),
             "ce_recovered_mean": ce_recovered(ce["mean"], ce["spliced"], ce["clean"]),
-            **{f"kl_{k}": v / n for k, v in self.kl.items()},
+            **{f"kl_{k}": v / n for k, v in kl_sums.items()},
             "n_tokens": self.n,
         }
 

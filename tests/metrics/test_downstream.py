@@ -7,7 +7,7 @@ from nnsight import NNsight
 
 from ctxsae.extract.activations import first, hook_envoy
 from ctxsae.extract.lm import load_tiny
-from ctxsae.metrics.downstream import Downstream, ce_recovered, patched_logits
+from ctxsae.metrics.downstream import ABLATIONS, SPLICE_ONLY, Downstream, ce_recovered, patched_logits
 from ctxsae.models.topk import TopKSAE
 
 D = 64
@@ -92,3 +92,17 @@ def test_the_splice_changes_the_lm_from_the_patched_positions_on_only(setup):
 def test_ce_recovered_formula():
     assert ce_recovered(5.0, 3.0, 1.0) == 0.5 and ce_recovered(5.0, 5.0, 1.0) == 0.0
     assert ce_recovered(1.0, 2.0, 1.0) != ce_recovered(1.0, 2.0, 1.0)  # no gap: nan
+
+
+def test_a_splice_only_pass_with_shared_ablation_sums_gives_the_full_figures(setup):
+    nn_lm, envoy, ids, doc_start, mask, mean = setup
+    first_sae, second_sae = identity_sae(), sae_with(W_dec=torch.zeros(2 * D, D))
+    full = Downstream()
+    full.update(nn_lm, envoy, first_sae, ids, doc_start, mask, mean)
+    baseline = full.sums(ABLATIONS)
+    alone, shared = Downstream(), Downstream(SPLICE_ONLY)
+    for d in (alone, shared):
+        d.update(nn_lm, envoy, second_sae, ids, doc_start, mask, mean)
+    assert shared.compute(baseline) == pytest.approx(alone.compute(), rel=1e-6)
+    with pytest.raises(ValueError, match="not the same windows"):
+        shared.compute(baseline | {"n": baseline["n"] + 1})
