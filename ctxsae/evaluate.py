@@ -73,7 +73,7 @@ class EvalConfig:
 # -- the held-out windows ------------------------------------------------------------------------
 
 
-def _val_batches(dm, cfg: EvalConfig, device: torch.device, unit: float) -> Iterator[Windows]:
+def val_batches(dm, cfg: EvalConfig, device: torch.device, unit: float) -> Iterator[Windows]:
     """The first ``max_windows`` held-out windows, ``batch_windows`` at a time, in the SAE's units."""
     ds = dm.dataset("val")
     n = len(ds) if cfg.max_windows <= 0 else min(cfg.max_windows, len(ds))
@@ -82,7 +82,7 @@ def _val_batches(dm, cfg: EvalConfig, device: torch.device, unit: float) -> Iter
         yield Windows(b.x_BTD.mul_(unit).to(device), b.tokens_BT.to(device), b.doc_start_BT.to(device), b.mask_BT.to(device))
 
 
-def _unit(sae: SAE, dm) -> float:
+def sae_unit(sae: SAE, dm) -> float:
     """Factor from the DataModule's normalisation to the SAE's (1 unless the SAE was trained on other data)."""
     return float(sae.act_scale) / dm.scale
 
@@ -104,7 +104,7 @@ class _Mean:
 
 
 @torch.no_grad()
-def _held_out_pass(sae: SAE, dm, cfg: EvalConfig, on_batch: Callable[[Windows, Any], None] | None = None) -> tuple[dict, dict]:
+def held_out_pass(sae: SAE, dm, cfg: EvalConfig, on_batch: Callable[[Windows, Any], None] | None = None) -> tuple[dict, dict]:
     """The held-out figures, and the per-latent accumulators behind them (``extras``) for other readers.
 
     ``on_batch(windows, out)``: called with every batch and the SAE's output, so a caller that wants
@@ -113,7 +113,7 @@ def _held_out_pass(sae: SAE, dm, cfg: EvalConfig, on_batch: Callable[[Windows, A
     device = next(sae.parameters()).device
     rec, spars = Reconstruction(), Sparsity(sae.d_sae)
     temporal, context = Temporal(sae.d_sae, cfg.region_gap, cfg.region_min_len), _Mean()
-    for b in _val_batches(dm, cfg, device, _unit(sae, dm)):
+    for b in val_batches(dm, cfg, device, sae_unit(sae, dm)):
         out = sae(b.x_BTD, b.doc_start_BT)
         rec.update(b.x_BTD, out.reconstruction, b.mask_BT)
         spars.update(out, b.mask_BT)
@@ -156,7 +156,7 @@ def evaluate_fast(sae: SAE, datamodule, cfg: EvalConfig | None = None) -> dict:
     the default val split, so training can call it at the end of every run.
     """
     datamodule.setup("validate")
-    return _held_out_pass(sae, datamodule, cfg or EvalConfig())[0]
+    return held_out_pass(sae, datamodule, cfg or EvalConfig())[0]
 
 
 # -- with the LM ---------------------------------------------------------------------------------
@@ -170,7 +170,7 @@ def _downstream(sae: SAE, dm, cfg: EvalConfig, extractor, mean_x_D: torch.Tensor
     baseline_file = _ablation_file(dm, cfg, extractor, mean_raw_D)
     baseline = json.loads(baseline_file.read_text()) if baseline_file.exists() else None
     acc = Downstream(SPLICE_ONLY if baseline else CONDITIONS)
-    for b in _val_batches(dm, cfg, device, 1.0):
+    for b in val_batches(dm, cfg, device, 1.0):
         acc.update(extractor.lm, extractor.envoy, sae, b.tokens_BT.long(), b.doc_start_BT, b.mask_BT, mean_raw_D)
     if baseline is None:
         baseline_file.parent.mkdir(exist_ok=True)
@@ -204,7 +204,7 @@ def _probe_codes(sae: SAE, extractor, tokens_NT: torch.Tensor, batch_windows: in
     return torch.cat(codes), torch.cat(effective)
 
 
-def _language_switch(sae: SAE, cfg: EvalConfig, extractor, n_ctx: int):
+def language_switch(sae: SAE, cfg: EvalConfig, extractor, n_ctx: int):
     p = cfg.probe
     texts = language_switch_windows(p.root, p.pairs, math.ceil(p.n_windows / len(p.pairs)), p.seed, p.joiner)
     sw = switch_windows(with_controls(texts, p.joiner), extractor.loaded.tokenizer, n_ctx)
@@ -224,7 +224,7 @@ def _labels(tokenizer, ids) -> list[str] | None:
     return [tokenizer.decode([int(i)]) for i in ids]
 
 
-def _top_latents(effective_TF: torch.Tensor, valid_T: torch.Tensor, k: int, first: list[int] = ()) -> list[int]:
+def top_latents(effective_TF: torch.Tensor, valid_T: torch.Tensor, k: int, first: list[int] = ()) -> list[int]:
     activity = effective_TF[valid_T].abs().sum(0)
     activity[list(first)] = -1
     return list(first) + activity.topk(min(k - len(first), len(activity))).indices.tolist()
@@ -237,8 +237,8 @@ def _heatmaps(sae: SAE, dm, cfg: EvalConfig, tokenizer, probe_data, results: dic
     ds, device = dm.dataset("val"), next(sae.parameters()).device
     for w in range(min(cfg.heatmap_windows, len(ds))):
         b = ds[w]
-        out = sae(b.x_BTD.mul_(_unit(sae, dm)).to(device), b.doc_start_BT.to(device))
-        latents = _top_latents(out.effective_codes[0].cpu(), b.mask_BT[0], cfg.heatmap_latents)
+        out = sae(b.x_BTD.mul_(sae_unit(sae, dm)).to(device), b.doc_start_BT.to(device))
+        latents = top_latents(out.effective_codes[0].cpu(), b.mask_BT[0], cfg.heatmap_latents)
         starts = [int(t) for t in b.doc_start_BT[0].nonzero() if t > 0]
         figures[f"heatmap_val{w}"] = activation_heatmap(
             out.codes[0], out.effective_codes[0], latents, _labels(tokenizer, b.tokens_BT[0]),
@@ -252,7 +252,7 @@ def _heatmaps(sae: SAE, dm, cfg: EvalConfig, tokenizer, probe_data, results: dic
         n = int(held_out[0] if len(held_out) else switch_rows[0])  # a switch window the latent was not picked on
         pair = sw.pair_N[n].split("-")
         language = [probe["language_auroc_by_language"][x]["latent"] for x in pair]
-        latents = _top_latents(effective[n], sw.valid_NT[n], cfg.heatmap_latents,
+        latents = top_latents(effective[n], sw.valid_NT[n], cfg.heatmap_latents,
                                first=list(dict.fromkeys([probe["latent"], *language])))
         T = int(sw.valid_NT[n].nonzero().max()) + 1
         figures["heatmap_switch"] = activation_heatmap(
@@ -271,7 +271,7 @@ def evaluate(sae: SAE, dm, cfg: EvalConfig, extractor=None, n_ctx: int | None = 
     dm.setup("validate")
     seconds = {}
     t0 = time.perf_counter()
-    results, extras = _held_out_pass(sae, dm, cfg)
+    results, extras = held_out_pass(sae, dm, cfg)
     seconds["held_out"] = time.perf_counter() - t0
     results |= {"downstream": None, "language_switch": None, "skipped": {}}
     if results["context"] is None:
@@ -290,7 +290,7 @@ def evaluate(sae: SAE, dm, cfg: EvalConfig, extractor=None, n_ctx: int | None = 
     if extractor is not None and cfg.probe.n_windows > 0:
         t0 = time.perf_counter()
         try:
-            results["language_switch"], probe_data = _language_switch(sae, cfg, extractor, n_ctx or dm.cache.n_ctx)
+            results["language_switch"], probe_data = language_switch(sae, cfg, extractor, n_ctx or dm.cache.n_ctx)
         except UserError as e:  # no fortunes here: the rest of the evaluation still stands
             results["skipped"]["language_switch"] = str(e)
         seconds["language_switch"] = time.perf_counter() - t0

@@ -211,13 +211,13 @@ class TokenBatches:
 
 def bench_extraction(loaded, layer: int, n_windows: int, batch_windows: int, n_ctx: int, warmup: int, repeats: int) -> dict:
     """Our path (nnsight Extractor stopped after the hook + cache write) vs a raw HF forward stopped by a hook."""
-    from ctxsae.extract.activations import Extractor, _get, first, layout_of
+    from ctxsae.extract.activations import Extractor, get_attr, first, layout_of
 
     model = loaded.model
     vocab = model.config.vocab_size
     tokens = torch.randint(0, vocab, (n_windows, n_ctx), generator=torch.Generator().manual_seed(0))
     extractor = Extractor(loaded, layer, "resid_post")
-    block = _get(model, layout_of(model)[0])[layer]
+    block = get_attr(model, layout_of(model)[0])[layer]
     tmp = tempfile.mkdtemp(prefix="ctxsae-bench-extract-")
     runs = iter(range(1_000_000))
 

@@ -21,10 +21,10 @@ import torch
 from torch import Tensor
 
 from ctxsae.errors import UserError
-from ctxsae.evaluate import EvalConfig, OpenRun, _held_out_pass, _language_switch, _top_latents, _unit, _val_batches
-from ctxsae.extract.activations import _get, layout_of
+from ctxsae.evaluate import EvalConfig, OpenRun, held_out_pass, language_switch, top_latents, sae_unit, val_batches
+from ctxsae.extract.activations import get_attr, layout_of
 from ctxsae.metrics.language import switch_auroc
-from ctxsae.metrics.temporal import _pattern, _prev, continuation_mask
+from ctxsae.metrics.temporal import active_pattern, active_before, continuation_mask
 from ctxsae.models.base import SAE
 
 # The final norm before the unembedding, by where a layout keeps its blocks (ctxsae.extract.activations.LAYOUTS).
@@ -125,9 +125,9 @@ class _PeaksAndOnsets:
         self.window_WF = torch.zeros(0, d_sae, dtype=torch.long)  # ... and the windows they are in
 
     def __call__(self, b, out) -> None:
-        a_BFT = _pattern(out.effective_codes, b.mask_BT)
-        z_BFT = a_BFT if out.codes is out.effective_codes else _pattern(out.codes, b.mask_BT)
-        start_BFT = a_BFT & ~_prev(a_BFT, continuation_mask(b.doc_start_BT, b.mask_BT))
+        a_BFT = active_pattern(out.effective_codes, b.mask_BT)
+        z_BFT = a_BFT if out.codes is out.effective_codes else active_pattern(out.codes, b.mask_BT)
+        start_BFT = a_BFT & ~active_before(a_BFT, continuation_mask(b.doc_start_BT, b.mask_BT))
         self.onsets_F += (z_BFT & start_BFT).sum(-1).sum(0).cpu()
         a_BTF = out.effective_codes.abs() * b.mask_BT[..., None]
         self.activity_F += a_BTF.sum((0, 1)).double().cpu()
@@ -178,7 +178,7 @@ def logit_effects(model, W_dec_PD: Tensor, tokenizer, k: int) -> list[dict]:
     per-channel weight (its division by the residual's size only rescales all logits of a row, so
     the ranking, which is all that is shown, does not depend on it, nor on the SAE's ``act_scale``).
     """
-    norm_D = _get(model, FINAL_NORMS[layout_of(model)[0]]).weight
+    norm_D = get_attr(model, FINAL_NORMS[layout_of(model)[0]]).weight
     W_U_VD = model.get_output_embeddings().weight
     logits_PV = (W_dec_PD.to(W_U_VD) * norm_D) @ W_U_VD.T
     out = []
@@ -206,7 +206,7 @@ def _switch_aurocs(
         notes.append("switch AUROC: blank, no language-switch probe (it needs fortunes text and an LM)")
         return None, None
     try:
-        probe, (sw, codes, _) = _language_switch(sae, cfg, extractor, n_ctx)
+        probe, (sw, codes, _) = language_switch(sae, cfg, extractor, n_ctx)
     except UserError as e:
         notes.append(f"switch AUROC: blank, the probe was skipped ({e})")
         return None, None
@@ -248,7 +248,7 @@ def _pages_pass(sae: SAE, dm, cfg: EvalConfig, latents: list[int], wanted: dict[
     device = next(sae.parameters()).device
     idx = torch.tensor(latents, dtype=torch.long, device=device)
     seen = 0
-    for b in _val_batches(dm, cfg, device, _unit(sae, dm)):
+    for b in val_batches(dm, cfg, device, sae_unit(sae, dm)):
         out = sae(b.x_BTD, b.doc_start_BT)
         z_BTP, a_BTP = out.codes[..., idx].cpu(), out.effective_codes[..., idx].cpu()
         b_cpu = type(b)(*(t.cpu() for t in b))
@@ -278,7 +278,7 @@ def collect_site(sae: SAE, dm, cfg: BrowseConfig, extractor=None, n_ctx: int | N
     ev, notes = cfg.eval, []
     tokenizer = extractor.loaded.tokenizer if extractor is not None else None
     peaks = _PeaksAndOnsets(sae.d_sae, cfg.n_windows)
-    results, extras = _held_out_pass(sae, dm, ev, on_batch=peaks)
+    results, extras = held_out_pass(sae, dm, ev, on_batch=peaks)
     spars, temporal = extras["sparsity"], extras["temporal"]
     auroc_F, probe_latent = _switch_aurocs(sae, ev, extractor, n_ctx or dm.cache.n_ctx, notes)
 
@@ -328,10 +328,10 @@ def compare_runs(
     for sae in saes:
         device = next(sae.parameters()).device
         b = ds.__getitems__(picks)
-        out = sae(b.x_BTD.mul_(_unit(sae, dm)).to(device), b.doc_start_BT.to(device))
+        out = sae(b.x_BTD.mul_(sae_unit(sae, dm)).to(device), b.doc_start_BT.to(device))
         z_NTF, a_NTF = out.codes.cpu(), out.effective_codes.cpu()
         for n, w in enumerate(picks):
-            latents = _top_latents(a_NTF[n], b.mask_BT[n], cfg.compare_features)
+            latents = top_latents(a_NTF[n], b.mask_BT[n], cfg.compare_features)
             rows[n].append([CodeRow(i, w, _round(z_NTF[n, :, i]), _round(a_NTF[n, :, i])) for i in latents])
     return Comparison(names, [type(s).__name__ for s in saes], summaries, windows, rows)
 
@@ -368,4 +368,4 @@ def _summary(results: dict, dm, cfg: EvalConfig) -> dict[str, float]:
 
 def collect_summary(sae: SAE, dm, cfg: EvalConfig) -> dict[str, float]:
     """The figures of ``Site.summary`` alone (for the baseline of a comparison)."""
-    return _summary(_held_out_pass(sae, dm, cfg)[0], dm, cfg)
+    return _summary(held_out_pass(sae, dm, cfg)[0], dm, cfg)

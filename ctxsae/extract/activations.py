@@ -39,7 +39,7 @@ class LMConfig:
     batch_windows: int = 8  # windows per LM forward pass during extraction
 
 
-def _get(obj: Any, dotted: str) -> Any:
+def get_attr(obj: Any, dotted: str) -> Any:
     for part in dotted.split("."):
         obj = getattr(obj, part)
     return obj
@@ -48,7 +48,7 @@ def _get(obj: Any, dotted: str) -> Any:
 def layout_of(model: torch.nn.Module) -> tuple[str, str, str]:
     for blocks, attn, mlp in LAYOUTS.values():
         try:
-            _get(model, blocks)
+            get_attr(model, blocks)
         except AttributeError:
             continue
         return blocks, attn, mlp
@@ -58,13 +58,13 @@ def layout_of(model: torch.nn.Module) -> tuple[str, str, str]:
 def hook_envoy(lm: Any, model: torch.nn.Module, layer: int, site: str) -> Any:
     """The nnsight envoy of the module whose output is the activation at (layer, site)."""
     blocks, attn, mlp = layout_of(model)
-    n_layers = len(_get(model, blocks))
+    n_layers = len(get_attr(model, blocks))
     if not 0 <= layer < n_layers:
         raise UserError(f"hook layer {layer} is out of range: this LM has layers 0..{n_layers - 1} (set lm.layer)")
     if site not in SITES:
         raise UserError(f"unknown hook site '{site}': choose lm.site from {', '.join(SITES)}")
-    block = _get(lm, blocks)[layer]
-    return {"resid_post": block, "attn_out": _get(block, attn), "mlp_out": _get(block, mlp)}[site]
+    block = get_attr(lm, blocks)[layer]
+    return {"resid_post": block, "attn_out": get_attr(block, attn), "mlp_out": get_attr(block, mlp)}[site]
 
 
 def first(output: Any) -> torch.Tensor:

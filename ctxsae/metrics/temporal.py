@@ -52,7 +52,7 @@ class RunCounts(NamedTuple):
     continued: Tensor  # [F] active positions whose latent was active at t - 1 too
 
 
-def _prev(active_BFT: Tensor, cont_BT: Tensor) -> Tensor:
+def active_before(active_BFT: Tensor, cont_BT: Tensor) -> Tensor:
     """Active at t - 1 and t continues it."""
     prev = torch.zeros_like(active_BFT)
     prev[..., 1:] = active_BFT[..., :-1] & cont_BT[:, None, 1:]
@@ -61,7 +61,7 @@ def _prev(active_BFT: Tensor, cont_BT: Tensor) -> Tensor:
 
 def run_counts(active_BFT: Tensor, cont_BT: Tensor) -> RunCounts:
     """Per-latent run counts of a bool activity pattern (already False at positions not kept)."""
-    prev = _prev(active_BFT, cont_BT)
+    prev = active_before(active_BFT, cont_BT)
     count = lambda t: t.sum(-1).sum(0)  # noqa: E731  (along T first: contiguous, ~10x faster than sum((0, 2)))
     return RunCounts(count(active_BFT), count(active_BFT & ~prev), count(prev & ~active_BFT), count(active_BFT & prev))
 
@@ -93,7 +93,7 @@ def region_lengths(closed_BFT: Tensor, cont_BT: Tensor) -> tuple[Tensor, Tensor]
     """Length of the region each position belongs to [B, F, T] (0 outside regions), and region starts."""
     T = closed_BFT.shape[-1]
     t = torch.arange(T, device=closed_BFT.device, dtype=torch.int32)
-    start = closed_BFT & ~_prev(closed_BFT, cont_BT)
+    start = closed_BFT & ~active_before(closed_BFT, cont_BT)
     follows = torch.zeros_like(closed_BFT)
     follows[..., :-1] = closed_BFT[..., 1:] & cont_BT[:, None, 1:]
     end = closed_BFT & ~follows
@@ -111,7 +111,7 @@ def summarise(values_F: Tensor, weights_F: Tensor) -> dict[str, float]:
     return {"mean": v.mean().item(), "median": v.median().item(), "weighted": ((v * w).sum() / w.sum()).item()}
 
 
-def _pattern(codes_BTF: Tensor, mask_BT: Tensor) -> Tensor:
+def active_pattern(codes_BTF: Tensor, mask_BT: Tensor) -> Tensor:
     """bool [B, F, T]: non-zero at a kept position."""
     return ((codes_BTF != 0) & mask_BT[..., None]).transpose(1, 2).contiguous()
 
@@ -129,9 +129,9 @@ class Temporal:
     @torch.no_grad()
     def update(self, out: SAEOutput, doc_start_BT: Tensor, mask_BT: Tensor) -> None:
         cont = continuation_mask(doc_start_BT, mask_BT)
-        a = _pattern(out.effective_codes, mask_BT)
+        a = active_pattern(out.effective_codes, mask_BT)
         same = out.codes is out.effective_codes  # per-token SAEs: count once
-        z = a if same else _pattern(out.codes, mask_BT)
+        z = a if same else active_pattern(out.codes, mask_BT)
         eff_counts = run_counts(a, cont)
         novel_counts = eff_counts if same else run_counts(z, cont)
         self.novel = RunCounts(*(s + n.cpu() for s, n in zip(self.novel, novel_counts)))
@@ -180,8 +180,8 @@ def ground_truth_regions(out: SAEOutput, doc_start_NT: Tensor, inside_NTR: Tenso
     z = (out.codes[..., idx] != 0).cpu().transpose(1, 2) & inside
     a = (out.effective_codes[..., idx] != 0).cpu().transpose(1, 2) & inside
     cont = continuation_mask(doc_start_NT, torch.ones_like(doc_start_NT))
-    both_inside = _prev(inside, cont) & inside
-    offs = (_prev(a, cont) & ~a & both_inside).sum()
+    both_inside = active_before(inside, cont) & inside
+    offs = (active_before(a, cont) & ~a & both_inside).sum()
     n_in = inside.sum().clamp_min(1)
     return {
         "fire_share": (z.sum() / n_in).item(),
