@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -60,3 +61,49 @@ def assert_round_trip(sae: SAE, cfg: SAEConfig, x_NTD: torch.Tensor, path) -> No
 @pytest.fixture
 def round_trip():
     return assert_round_trip
+
+
+# -- the rules every contextual SAE obeys ---------------------------------------------------------------
+
+
+def assert_strictly_causal(sae: SAE, x_BTD: torch.Tensor) -> None:
+    """Changing x[:, t0+1:] leaves every output at positions <= t0 bitwise unchanged (and later ones not)."""
+    out = sae(x_BTD)
+    for t0 in (0, 7, x_BTD.shape[1] - 2):
+        x2 = x_BTD.clone()
+        x2[:, t0 + 1 :] = torch.randn_like(x2[:, t0 + 1 :])
+        out2 = sae(x2)
+        for a, b in zip(out[:3], out2[:3]):
+            assert torch.equal(a[:, : t0 + 1], b[:, : t0 + 1])
+        assert not torch.equal(out.reconstruction, out2.reconstruction)
+
+
+def assert_document_start_resets(sae: SAE, x_BTD: torch.Tensor, start: int = 10):
+    """With a document starting at ``start``, nothing before it reaches any output from it on.
+
+    Returns the output with the document start, for the variant's own checks.
+    """
+    doc_start = torch.zeros(x_BTD.shape[:2], dtype=torch.bool)
+    doc_start[:, 0] = doc_start[:, start] = True
+    out = sae(x_BTD, doc_start)
+    x2 = x_BTD.clone()
+    x2[:, :start] = torch.randn_like(x2[:, :start])
+    out2 = sae(x2, doc_start)
+    for a, b in zip(out[:3], out2[:3]):
+        assert torch.equal(a[:, start:], b[:, start:])
+    return out
+
+
+def assert_nothing_carried_into_a_document_start(sae: SAE, x_BTD: torch.Tensor, start: int = 10) -> None:
+    """At a document start the effective code is the novel code, though the same position without one carries."""
+    out = assert_document_start_resets(sae, x_BTD, start)
+    assert torch.equal(out.codes[:, start], out.effective_codes[:, start])
+    no_reset = sae(x_BTD)
+    assert not torch.equal(no_reset.codes[:, start], no_reset.effective_codes[:, start])
+
+
+@pytest.fixture
+def rules():
+    """The contextual rules above, for the contextual SAEs' tests (conftest modules are not importable)."""
+    return SimpleNamespace(strictly_causal=assert_strictly_causal, document_start_resets=assert_document_start_resets,
+                           nothing_carried_into_a_document_start=assert_nothing_carried_into_a_document_start)
