@@ -31,6 +31,7 @@ from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
 from ctxsae.data.text import DEFAULT_SWITCH_PAIRS, FORTUNES_ROOT, language_switch_windows
+from ctxsae.data.windows import token_texts
 from ctxsae.errors import UserError
 from ctxsae.metrics import synthetic
 from ctxsae.metrics.downstream import ABLATIONS, CONDITIONS, SPLICE_ONLY, Downstream
@@ -221,7 +222,7 @@ def language_switch(sae: SAE, cfg: EvalConfig, extractor, n_ctx: int):
 def _labels(tokenizer, ids) -> list[str] | None:
     if tokenizer is None or int(ids.min()) < 0:  # synthetic windows have no text (ids -1)
         return None
-    return [tokenizer.decode([int(i)]) for i in ids]
+    return token_texts(tokenizer, [int(i) for i in ids])
 
 
 def top_latents(effective_TF: torch.Tensor, valid_T: torch.Tensor, k: int, first: list[int] = ()) -> list[int]:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ctxsae.data.windows import token_texts
 from ctxsae.errors import UserError
 from ctxsae.evaluate import EvalConfig, OpenRun, held_out_pass, language_switch, top_latents, sae_unit, val_batches
 from ctxsae.extract.activations import get_attr, layout_of
@@ -138,24 +139,6 @@ class _PeaksAndOnsets:
         top = peaks.topk(min(self.n_top, len(peaks)), dim=0)
         self.peak_WF, self.window_WF = top.values, windows.gather(0, top.indices)
         self.seen += B
-
-
-def token_texts(tokenizer, ids: list[int]) -> list[str]:
-    """Each position's text. A character split over several tokens is shown at the token that completes it.
-
-    Decoded one by one (as the heatmap labels are), the bytes of a multi-byte character (CJK, or
-    Cyrillic in a byte-level vocabulary) would each show as U+FFFD; a UTF-8 character has at most 4.
-    """
-    texts, pending = [], []
-    for i in ids:
-        pending.append(i)
-        text = tokenizer.decode(pending)
-        if text.endswith("\ufffd") and len(pending) < 4:
-            texts.append("")
-            continue
-        texts.append(text)
-        pending = []
-    return texts
 
 
 def _window(index: int, b, n: int, tokenizer) -> Window:

@@ -114,3 +114,21 @@ def loss_mask(doc_start_NT: Tensor, exclude_first: int = 1) -> Tensor:
     mask = torch.ones_like(doc_start_NT, dtype=torch.bool)
     mask[:, :exclude_first] = False
     return mask
+
+
+def token_texts(tokenizer, ids: list[int]) -> list[str]:
+    """Each position's text. A character split over several tokens is shown at the token that completes it.
+
+    Decoded one by one, the bytes of a multi-byte character (CJK, or Cyrillic in a byte-level
+    vocabulary) would each show as U+FFFD; a UTF-8 character has at most 4. Earlier pieces get "".
+    """
+    texts, pending = [], []
+    for i in ids:
+        pending.append(i)
+        text = tokenizer.decode(pending)
+        if text.endswith("\ufffd") and len(pending) < 4:
+            texts.append("")
+            continue
+        texts.append(text)
+        pending = []
+    return texts

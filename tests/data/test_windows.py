@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ctxsae.data.text import Document
-from ctxsae.data.windows import loss_mask, make_windows
+from ctxsae.data.windows import loss_mask, make_windows, token_texts
 from ctxsae.errors import UserError
 from ctxsae.extract.tiny import BOS_ID, byte_tokenizer
 
@@ -97,3 +97,10 @@ def test_tokenizers_without_rust_backend_give_the_same_windows(tok):
     fast = make_windows(DOCS, tok, 8, doc_separator_id=BOS_ID)
     slow = make_windows(DOCS, Slow(), 8, doc_separator_id=BOS_ID)
     assert all(torch.equal(a, b) for a, b in zip(fast, slow))
+
+
+def test_token_texts_show_a_split_character_at_the_token_that_completes_it():
+    tok = byte_tokenizer()
+    ids = list("a你b".encode())  # 你 is three byte tokens
+    assert token_texts(tok, ids) == ["a", "", "", "你", "b"]
+    assert "".join(token_texts(tok, list("Съешь ещё <b>".encode()))) == "Съешь ещё <b>"
