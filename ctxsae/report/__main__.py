@@ -7,8 +7,10 @@ a row, finished or not: failed and unfinished runs are listed with their status,
 Figures come from ``summary.json`` (training) and, where ``python evaluate.py`` ran, ``eval.json``.
 
 The headline question, "fewer codes at equal reconstruction?", is answered by ``matched_l0``: each
-run's L0 divided by the baseline's L0 at the same held-out FVU, read off the baseline's Pareto front
-(log L0 interpolated linearly in FVU between its two neighbouring points; never extrapolated).
+run's L0 divided by the baseline's L0 at the same held-out FVU, read off the Pareto front of the
+baseline runs *of the same setting* (data, LM and hook, d_sae, training length: only architecture and
+sparsity may differ), log L0 interpolated linearly in FVU between two neighbouring points, never
+extrapolated.
 """
 
 from __future__ import annotations
@@ -86,18 +88,31 @@ def row_of(job: Path, sweep: Path) -> dict:
     ablation = OmegaConf.select(OmegaConf.load(launched / "hydra.yaml"), "hydra.runtime.choices.ablation",
                                 default=None) if (launched / "hydra.yaml").exists() else None
     row["group"] = f"{row['model']} ({ablation})" if ablation else row["model"]
+    row["setting"] = setting_of(cfg)
     return row
 
 
+def setting_of(cfg) -> str:
+    """What a run's L0 may only be matched within: everything but the architecture and its sparsity."""
+    keys = ("data", "lm", "cache", "optim", "trainer.max_tokens", "model.d_sae", "seed")
+    return json.dumps({k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v
+                       for k in keys if (v := OmegaConf.select(cfg, k, default=None)) is not None}, sort_keys=True)
+
+
 def matched_l0(rows: list[dict], baseline: str = "TopKSAE") -> list[dict]:
-    """For each finished non-baseline run: its novel and effective L0 over the baseline's L0 at its FVU."""
-    base = [r for r in rows if r["status"] == "finished" and r["group"] == baseline]
-    front = sorted((base[i]["fvu"], base[i]["l0"]) for i in pareto_front([r["l0"] for r in base], [r["fvu"] for r in base]))
+    """For each finished non-baseline run: its novel and effective L0 over the baseline's L0 at its FVU,
+    the baseline runs being those of the same setting."""
+    fronts: dict[str, list[tuple[float, float]]] = {}
+    finished = [r for r in rows if r["status"] == "finished"]
+    for setting in {r["setting"] for r in finished}:
+        base = [r for r in finished if r["model"] == baseline and r["setting"] == setting]
+        front = pareto_front([r["l0"] for r in base], [r["fvu"] for r in base])
+        fronts[setting] = sorted((base[i]["fvu"], base[i]["l0"]) for i in front)
     matched = []
-    for r in rows:
-        if r["status"] != "finished" or r["group"] == baseline:
+    for r in finished:
+        if r["model"] == baseline:
             continue
-        l0_base = _interpolate_log(front, r["fvu"])
+        l0_base = _interpolate_log(fronts[r["setting"]], r["fvu"])
         matched.append({"run": r["run"], "group": r["group"], "fvu": r["fvu"], "l0": r["l0"], "baseline_l0": l0_base,
                         "l0_ratio": r["l0"] / l0_base if l0_base else None,
                         "l0_effective_ratio": r["l0_effective"] / l0_base if l0_base else None})
@@ -129,7 +144,8 @@ def matched_markdown(matched: list[dict], baseline: str) -> str:
     if not matched:
         return ""
     text = (f"\n## L0 at matched FVU, against {baseline}\n\nbaseline_l0: the {baseline} Pareto front's L0 at the run's "
-            "held-out FVU (blank: the FVU is outside the front's range, no extrapolation).\n\n")
+            "held-out FVU, among the runs of the same setting (blank: the FVU is outside the front's range, "
+            "no extrapolation).\n\n")
     return text + markdown(matched, ("run", "group", "fvu", "l0", "baseline_l0", "l0_ratio", "l0_effective_ratio"))
 
 
@@ -139,7 +155,7 @@ def report(sweep: Path, out: Path | None = None, baseline: str = "TopKSAE") -> l
     rows = [row_of(job, sweep) for job in job_dirs(sweep)]
     rows.sort(key=lambda r: (r["group"], r.get("l0") or 0))
     with open(out / "report.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(COLUMNS))
+        writer = csv.DictWriter(f, fieldnames=list(COLUMNS), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     (out / "report.md").write_text(markdown(rows) + matched_markdown(matched_l0(rows, baseline), baseline))

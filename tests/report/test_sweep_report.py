@@ -8,9 +8,10 @@ import pytest
 from ctxsae.report.__main__ import matched_l0, report
 
 
-def job(root, name, model="ctxsae.models.topk.TopKSAE", k=8, summary=None, failed=None, launched_only=False):
+def job(root, name, model="ctxsae.models.topk.TopKSAE", k=8, summary=None, failed=None, launched_only=False, data="a"):
     d = root / name
-    cfg = OmegaConf.create({"model": {"_target_": model, "k": k, "d_sae": 64}, "loss": {"sparsity": 0.0}, "lm": {"layer": 1}})
+    cfg = OmegaConf.create({"model": {"_target_": model, "k": k, "d_sae": 64}, "loss": {"sparsity": 0.0}, "lm": {"layer": 1},
+                            "data": {"source": data}})
     (d / ".hydra").mkdir(parents=True)
     OmegaConf.save(cfg, d / ".hydra" / "config.yaml")
     if not launched_only:
@@ -47,13 +48,18 @@ def test_l0_is_matched_against_the_baseline_front_at_equal_fvu(tmp_path):
     recurrent = "ctxsae.models.recurrent.RecurrentSAE"
     job(tmp_path, "r", model=recurrent, summary={"model": "RecurrentSAE", "fvu": 0.15, "l0": 4.0, "l0_effective": 12.0})
     job(tmp_path, "r_far", model=recurrent, summary={"model": "RecurrentSAE", "fvu": 0.3, "l0": 2.0, "l0_effective": 2.0})
+    # Other data: its own baseline front (which would move r's match if settings were mixed).
+    job(tmp_path, "t_b", data="b", summary={"model": "TopKSAE", "fvu": 0.15, "l0": 4.0, "l0_effective": 4.0})
+    job(tmp_path, "t_b2", data="b", summary={"model": "TopKSAE", "fvu": 0.35, "l0": 1.0, "l0_effective": 1.0})
+    job(tmp_path, "r_b", data="b", model=recurrent, summary={"model": "RecurrentSAE", "fvu": 0.3, "l0": 2.0, "l0_effective": 2.0})
     OmegaConf.save({"hydra": {"runtime": {"choices": {"ablation": "recurrent_fixed"}}}}, tmp_path / "r" / ".hydra" / "hydra.yaml")
 
     rows = report(tmp_path)
     matched = {m["run"]: m for m in matched_l0(rows)}
-    assert set(matched) == {"r", "r_far"}  # baseline runs are not matched against themselves
+    assert set(matched) == {"r", "r_far", "r_b"}  # baseline runs are not matched against themselves
     assert matched["r"]["group"] == "RecurrentSAE (recurrent_fixed)"
     assert matched["r"]["baseline_l0"] == pytest.approx(16.0)  # halfway between 8 and 32 in log L0
     assert matched["r"]["l0_ratio"] == pytest.approx(0.25) and matched["r"]["l0_effective_ratio"] == pytest.approx(0.75)
-    assert matched["r_far"]["baseline_l0"] is None  # outside the front: no extrapolation
+    assert matched["r_far"]["baseline_l0"] is None  # outside the front of its setting: no extrapolation
+    assert matched["r_b"]["baseline_l0"] == pytest.approx(4.0 ** 0.25)  # 3/4 of the way from 4 to 1 in log L0
     assert "L0 at matched FVU" in (tmp_path / "report.md").read_text()
