@@ -74,6 +74,13 @@ def test_evaluate_writes_json_markdown_figures(evaluated):
     assert "| FVU |" in stdout and "eval.md" in stdout
 
 
+def test_the_training_summary_reports_the_evaluations_figures(evaluated):
+    run_dir, _ = evaluated
+    summary, r = (json.loads((run_dir / f).read_text()) for f in ("summary.json", "eval.json"))
+    assert summary["fvu"] == pytest.approx(r["reconstruction"]["fvu"], rel=1e-5)
+    assert summary["l0"] == pytest.approx(r["sparsity"]["l0"]) and summary["l0_effective"] == pytest.approx(r["sparsity"]["l0_effective"])
+
+
 def test_the_ablation_baselines_are_kept_in_the_cache_for_the_next_run(evaluated):
     run_dir, _ = evaluated
     r = json.loads((run_dir / "eval.json").read_text())

@@ -109,20 +109,23 @@ def train(cfg: DictConfig, run_dir: Path) -> dict | None:
     trainer.fit_loop.epoch_loop.max_steps = math.ceil(t.max_tokens / batch_tokens)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     trainer.fit(module, datamodule=dm, ckpt_path=resume_path(cfg, run_dir))
-    val = {k: float(v) for k, v in trainer.validate(module, datamodule=dm, verbose=False)[0].items()}
+    trainer.validate(module, datamodule=dm, verbose=False)  # the last point of the validation curves
     if not trainer.is_global_zero:  # under DDP one process writes the results
         return None
 
     sae.save(run_dir / "sae.safetensors", config=model_cfg)
+    # Whole-split figures, as evaluate.py computes them (val/fvu averages per-batch FVUs, each against
+    # its own batch's variance: a little higher, and only for the curves).
+    fast = evaluate_fast(sae, dm)  # reconstruction, sparsity, temporal, context; no LM
     summary = {
         "model": model_cfg["_target_"].rsplit(".", 1)[-1],
         "d_in": sae.d_in,
         "d_sae": sae.d_sae,
-        "fvu": val["val/fvu"],
-        "l0": val["val/l0"],
-        "l0_effective": val["val/l0_effective"],
+        "fvu": fast["reconstruction"]["fvu"],
+        "l0": fast["sparsity"]["l0"],
+        "l0_effective": fast["sparsity"]["l0_effective"],
         "dead_fraction": float(module.dead_F().float().mean()),
-        "eval_fast": evaluate_fast(sae, dm),  # reconstruction, sparsity, temporal, context; no LM
+        "eval_fast": fast,
         "train_tokens": int(module.global_step * batch_tokens),
         "train_tokens_per_s": throughput.tokens_per_s * trainer.world_size,
         "extract_tokens_per_s": dm.cache.manifest.get("extract_tokens_per_s"),
