@@ -183,11 +183,11 @@ def _downstream(sae: SAE, dm, cfg: EvalConfig, extractor, mean_x_D: torch.Tensor
 
 def _ablation_file(dm, cfg: EvalConfig, extractor, mean_raw_D: torch.Tensor) -> Path:
     """Where the ablation sums for these windows live: in the activation cache, keyed by all they depend on
-    (the cache already fixes LM, hook and windows; here: how many windows, the LM's dtype and device, the mean)."""
+    (the cache already fixes LM, hook and windows; here: which held-out windows, the LM's dtype and device, the mean)."""
     weight = next(extractor.loaded.model.parameters())
     mean = np.round(mean_raw_D.double().cpu().numpy(), 4).tobytes()
-    key = json.dumps([cfg.max_windows, len(dm.val_idx), str(weight.dtype), weight.device.type, dm.cfg.exclude_first])
-    digest = hashlib.sha256(key.encode() + mean).hexdigest()[:16]
+    key = json.dumps([cfg.max_windows, str(weight.dtype), weight.device.type, dm.cfg.exclude_first])
+    digest = hashlib.sha256(key.encode() + np.asarray(dm.val_idx, dtype=np.int64).tobytes() + mean).hexdigest()[:16]
     return Path(dm.cache.folder) / "downstream" / f"ablations_{digest}.json"
 
 
