@@ -12,7 +12,7 @@ A *training step* is what SAEModule does per batch, without Lightning: forward, 
 
 FLOP count of a TopK training step at N tokens (used by the roofline figure):
     encoder  x @ W_enc               2 N d_in d_sae  forward
-             grad wrt x and W_enc     4 N d_in d_sae  backward
+             grad wrt W_enc           2 N d_in d_sae  backward (the input needs none: ``SAE.pre_acts``)
     decoder  embedding_bag of k rows  2 N k d_in      forward, 4 N k d_in backward  (~6 N k d_in)
 Elementwise work (ReLU, TopK selection, Adam, the loss) is not counted: it is memory-bound and
 small next to the encoder at d_sae >> k. The reference is a dense [N, d_in] @ [d_in, d_sae]
@@ -142,7 +142,7 @@ def train_step_fn(sae: SAE, batch: Windows, lr: float = 1e-4, loss: LossConfig |
 
 
 def topk_flops(n_tokens: int, d_in: int, d_sae: int, k: int) -> float:
-    return 6.0 * n_tokens * d_in * d_sae + 6.0 * n_tokens * k * d_in
+    return 4.0 * n_tokens * d_in * d_sae + 6.0 * n_tokens * k * d_in
 
 
 # -- a fast fake activation source for the cache figures ------------------------------------------
@@ -358,7 +358,7 @@ def bench_roofline(d_in: int, d_sae: int, k: int, batch_tokens: int, n_ctx: int,
     ratio = achieved / dense
     return entry(
         "roofline: TopK step FLOP/s / dense matmul FLOP/s", ratio, ">= 0.50", ratio >= 0.5,
-        flop_count="6*N*d_in*d_sae + 6*N*k*d_in", tokens=N, step_gflops=achieved / 1e9, matmul_gflops=dense / 1e9,
+        flop_count="4*N*d_in*d_sae + 6*N*k*d_in", tokens=N, step_gflops=achieved / 1e9, matmul_gflops=dense / 1e9,
     )
 
 

@@ -78,7 +78,13 @@ class SAE(nn.Module):
 
     # -- shared pieces ---------------------------------------------------------------------
     def pre_acts(self, x_BTD: Tensor) -> Tensor:
-        return (x_BTD - self.b_dec) @ self.W_enc + self.b_enc
+        """(x - b_dec) W_enc + b_enc, written so that training never needs dL/dx.
+
+        In the textbook form autograd backpropagates into x - b_dec, one more [N, d_in] x [d_in, d_sae]
+        product, only to sum it into b_dec's gradient. With the bias folded (b_enc - b_dec W_enc) the
+        input, which needs no gradient, gets none: a third of the encoder's training FLOPs saved.
+        """
+        return x_BTD @ self.W_enc + (self.b_enc - self.b_dec @ self.W_enc)
 
     def decode(self, codes_BTF: Tensor) -> Tensor:
         return codes_BTF @ self.W_dec + self.b_dec

@@ -41,7 +41,7 @@ def test_training_step_updates_weights_and_keeps_decoder_rows_unit_norm():
 
 
 def test_flop_count_and_random_source_shapes():
-    assert topk_flops(10, 4, 8, 2) == 6 * 10 * 4 * 8 + 6 * 10 * 2 * 4
+    assert topk_flops(10, 4, 8, 2) == 4 * 10 * 4 * 8 + 6 * 10 * 2 * 4
     chunks = list(RandomSource(d_in=8, n_ctx=4, n_windows=5).chunks(0, 2))
     assert [len(c.x_NTD) for c in chunks] == [2, 2, 1] and chunks[0].doc_start_NT[:, 0].all()
 
