@@ -169,7 +169,10 @@ def _downstream(sae: SAE, dm, cfg: EvalConfig, extractor, mean_x_D: torch.Tensor
     device = next(sae.parameters()).device
     mean_raw_D = sae.denormalize(mean_x_D.to(device))
     baseline_file = _ablation_file(dm, cfg, extractor, mean_raw_D)
-    baseline = json.loads(baseline_file.read_text()) if baseline_file.exists() else None
+    try:
+        baseline = json.loads(baseline_file.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):  # not computed yet, or damaged: (re)compute it below
+        baseline = None
     acc = Downstream(SPLICE_ONLY if baseline else CONDITIONS)
     for b in val_batches(dm, cfg, device, 1.0):
         acc.update(extractor.lm, extractor.envoy, sae, b.tokens_BT.long(), b.doc_start_BT, b.mask_BT, mean_raw_D)
