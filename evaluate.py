@@ -13,7 +13,7 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from ctxsae.errors import UserError
+from ctxsae.errors import UserError, unwrap
 from ctxsae.evaluate import register_eval_config
 
 register_eval_config()
@@ -25,8 +25,11 @@ def main(cfg: DictConfig) -> float | None:
 
     try:
         results = evaluate_run(OmegaConf.to_object(cfg))
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except Exception as e:
+        cause = unwrap(e)  # a data source or LM loader raises inside Hydra's instantiate
+        if not isinstance(cause, UserError):
+            raise
+        print(f"error: {cause}", file=sys.stderr)
         sys.exit(1)
     run_dir = results["run"]["run_dir"]
     print((open(f"{run_dir}/eval.md").read().split("\n## ")[0]).rstrip())

@@ -10,23 +10,22 @@ the one those training runs will look up.
 import sys
 
 import hydra
-from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
 from ctxsae.config import register_configs
-from ctxsae.errors import UserError
+from ctxsae.errors import UserError, unwrap
 
 register_configs()
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@hydra.main(version_base="1.3", config_path="conf", config_name="extract")
 def main(cfg: DictConfig) -> None:
     from ctxsae.train.run import extract
 
     try:
         cache = extract(cfg)
-    except (UserError, InstantiationException) as e:
-        cause = e.__cause__ if isinstance(e, InstantiationException) and e.__cause__ else e
+    except Exception as e:
+        cause = unwrap(e)
         if not isinstance(cause, UserError):
             raise
         print(f"error: {cause}", file=sys.stderr)

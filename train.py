@@ -8,11 +8,10 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
 from ctxsae.config import register_configs
-from ctxsae.errors import UserError
+from ctxsae.errors import UserError, unwrap
 
 register_configs()
 
@@ -25,8 +24,7 @@ def main(cfg: DictConfig) -> float:
     try:
         summary = train(cfg, run_dir)
     except Exception as e:
-        # Hydra wraps errors raised while building a _target_; ours are one-line UserErrors underneath.
-        cause = e.__cause__ if isinstance(e, InstantiationException) and e.__cause__ else e
+        cause = unwrap(e)
         (run_dir / "failed.txt").write_text(f"{type(cause).__name__}: {cause}\n")  # the sweep report lists it
         if not isinstance(cause, (UserError, FloatingPointError)):
             raise

@@ -6,3 +6,10 @@ Their message is one line that names the fix; the entry points print it without 
 
 class UserError(Exception):
     """Bad input (missing model or data, wrong config, corrupt cache): the message names the fix."""
+
+
+def unwrap(error: BaseException) -> BaseException:
+    """The error behind ``error``: Hydra wraps what a ``_target_`` raises (ours: one-line UserErrors)."""
+    from hydra.errors import InstantiationException
+
+    return error.__cause__ if isinstance(error, InstantiationException) and error.__cause__ else error

@@ -159,3 +159,21 @@ def test_an_sae_file_that_no_longer_fits_its_code_names_the_fix(tmp_path):
     (tmp_path / "config.yaml").write_text("{}")
     with pytest.raises(UserError, match="does not fit the current code"):
         evaluate_run(EvalConfig(run=str(tmp_path)))
+
+
+def test_missing_text_behind_a_run_is_one_line_naming_the_fix(evaluated, tmp_path):
+    """The text source fails inside Hydra's instantiate; the user still sees our one-line error."""
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    run_dir, _ = evaluated
+    moved = tmp_path / "run"
+    shutil.copytree(run_dir, moved)
+    cfg = OmegaConf.load(moved / "config.yaml")
+    cfg.data.source.data_files = str(tmp_path / "gone.txt")
+    OmegaConf.save(cfg, moved / "config.yaml")
+    result = subprocess.run([sys.executable, "evaluate.py", f"run={moved}"], cwd=ROOT, env=ENV, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: local data file(s) not found")

@@ -16,6 +16,7 @@ def test_extract_then_train_reuses_the_cache(tmp_path):
         "lm=tiny", "data=local", f"data.source.data_files={tmp_path / 'corpus.txt'}", "data.n_ctx=32",
         "data.max_windows=64", "data.batch_windows=8", f"cache.root={tmp_path / 'cache'}",
     ]
+    run_dirs = set(ROOT.glob("outputs/runs/*/*"))
     result = subprocess.run([sys.executable, "extract.py", *shared], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "activation cache ready: 64 windows of 32 tokens, d_in 64" in result.stdout
@@ -30,7 +31,9 @@ def test_extract_then_train_reuses_the_cache(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["cache"] == str(folder)
     assert manifest.stat().st_mtime_ns == written  # opened, not re-extracted
-    assert not list(ROOT.glob("extract.log")) and not (ROOT / ".hydra").exists()  # extract.py writes only the cache
+    # extract.py writes only the cache: no run directory, no Hydra log or .hydra folder
+    assert set(ROOT.glob("outputs/runs/*/*")) == run_dirs
+    assert not list(ROOT.glob("extract.log")) and not (ROOT / ".hydra").exists()
 
 
 def test_extract_bad_input_is_one_line(tmp_path):

@@ -12,7 +12,7 @@ import sys
 
 from ctxsae.browse import BrowseConfig, write_run_site
 from ctxsae.data.text import DEFAULT_SWITCH_PAIRS, FORTUNES_ROOT
-from ctxsae.errors import UserError
+from ctxsae.errors import UserError, unwrap
 from ctxsae.evaluate import EvalConfig, ProbeConfig, open_run
 
 
@@ -51,8 +51,11 @@ def main(argv: list[str] | None = None) -> int:
         run = open_run(args.run, args.device)
         baseline = open_run(args.compare, args.device, with_lm=False) if args.compare else None
         index = write_run_site(run, cfg, baseline)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except Exception as e:
+        cause = unwrap(e)  # a data source or LM loader raises inside Hydra's instantiate
+        if not isinstance(cause, UserError):
+            raise
+        print(f"error: {cause}", file=sys.stderr)
         return 1
     print(f"feature browser: {index}" + (f"\n  side by side:  {index.parent / 'compare.html'}" if baseline else ""))
     return 0
