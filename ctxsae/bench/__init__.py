@@ -321,23 +321,21 @@ def bench_saelens(d_in: int, d_sae: int, k: int, batch_tokens: int, n_ctx: int, 
     """Our TopK (and ReLU + L1) training step against SAELens's on the same activations, width, k and Adam."""
     figure = "saelens: ours / SAELens TopK training step, tokens/s"
     try:
-        from sae_lens import StandardTrainingSAE, StandardTrainingSAEConfig, TopKTrainingSAE, TopKTrainingSAEConfig
+        import sae_lens as sl
     except ImportError:
         return skipped(figure, "skipped: pip install sae-lens (or pip install -e .[bench])")
-    import sae_lens
-
     from ctxsae.models.relu import ReLUSAE
 
     batch = batch_of(d_in, batch_tokens, n_ctx)
     x_ND, N = batch.x_BTD.flatten(0, 1), batch.x_BTD.shape[0] * n_ctx
     pairs = {
         "topk": (train_step_fn(TopKSAE(d_in, d_sae, k), batch),
-                 saelens_step_fn(TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=k, device="cpu")), x_ND)),
+                 saelens_step_fn(sl.TopKTrainingSAE(sl.TopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=k, device="cpu")), x_ND)),
         "relu_l1": (train_step_fn(ReLUSAE(d_in, d_sae), batch, loss=LossConfig(sparsity=5.0)),
-                    saelens_step_fn(StandardTrainingSAE(StandardTrainingSAEConfig(d_in=d_in, d_sae=d_sae, l1_coefficient=5.0,
-                                                                                  device="cpu")), x_ND)),
+                    saelens_step_fn(sl.StandardTrainingSAE(sl.StandardTrainingSAEConfig(d_in=d_in, d_sae=d_sae, l1_coefficient=5.0,
+                                                                                        device="cpu")), x_ND)),
     }
-    detail = {"sae_lens": sae_lens.__version__, "tokens": N}
+    detail = {"sae_lens": sl.__version__, "tokens": N}
     for name, (ours, theirs) in pairs.items():
         t_ours, t_theirs = paired_times(ours, theirs, warmup, repeats)
         detail[name] = {"ratio": t_theirs / t_ours, "ours_tokens_per_s": N / t_ours, "saelens_tokens_per_s": N / t_theirs}
