@@ -1,4 +1,4 @@
-"""Evaluate one trained SAE: glue between Hydra and ctxsae.evaluate.
+"""Evaluate one trained SAE: glue between Hydra and ctxsae.eval.
 
     python evaluate.py run=outputs/runs/<date>/<time>_topk      (or run=.../sae.safetensors)
     python evaluate.py -m run=<dir a>,<dir b>                    (several runs, one after another)
@@ -8,35 +8,34 @@ Writes eval.json, eval.md and eval_heatmap_*.png into the run directory and logs
 with the run's hyperparameters to its TensorBoard directory (tb/: the HParams view compares runs).
 """
 
-import sys
-
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from ctxsae.errors import UserError, unwrap
-from ctxsae.evaluate import register_eval_config
+from ctxsae.errors import entry_point
+from ctxsae.eval.config import register_eval_config
 
 register_eval_config()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
-def main(cfg: DictConfig) -> float | None:
-    from ctxsae.evaluate import evaluate_run
+@entry_point
+def main(cfg: DictConfig) -> float:
+    from ctxsae.eval.run import evaluate_run
 
-    try:
-        results = evaluate_run(OmegaConf.to_object(cfg))
-    except Exception as e:
-        cause = unwrap(e)  # a data source or LM loader raises inside Hydra's instantiate
-        if not isinstance(cause, UserError):
-            raise
-        print(f"error: {cause}", file=sys.stderr)
-        sys.exit(1)
-    run_dir = results["run"]["run_dir"]
-    print((open(f"{run_dir}/eval.md").read().split("\n## ")[0]).rstrip())
-    print(f"\n  full tables  {run_dir}/eval.md  ({run_dir}/eval.json)\n  TensorBoard  tensorboard --logdir {run_dir}")
-    if "browse" in results:
-        print(f"  browser      {results['browse']}")
-    return results["reconstruction"]["fvu"]
+    cfg = OmegaConf.to_object(cfg)
+    if cfg.report == "html":
+        from ctxsae.browse import evaluate_and_browse
+
+        evaluation, browser = evaluate_and_browse(cfg)
+    else:
+        evaluation, browser = evaluate_run(cfg), None
+    run = evaluation.results["run"]
+    print((open(f"{run['run_dir']}/eval.md").read().split("\n## ")[0]).rstrip())
+    print(f"\n  full tables  {run['run_dir']}/eval.md  ({run['run_dir']}/eval.json)\n"
+          f"  TensorBoard  tensorboard --logdir {run['run_dir']}")
+    if browser is not None:
+        print(f"  browser      {browser}")
+    return evaluation.results["reconstruction"]["fvu"]
 
 
 if __name__ == "__main__":

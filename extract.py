@@ -1,4 +1,4 @@
-"""Fill the activation cache without training: glue between Hydra and ctxsae.train.run.extract.
+"""Fill the activation cache without training: glue between Hydra and ctxsae.cache.
 
     python extract.py [data=...] [lm=...] [lm.layer=...]     (the same overrides as train.py)
 
@@ -7,29 +7,22 @@ wait on the cache's file lock and then reuse it). Takes train.py's config, so th
 the one those training runs will look up.
 """
 
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
 from ctxsae.config import register_configs
-from ctxsae.errors import UserError, unwrap
+from ctxsae.errors import entry_point
 
 register_configs()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="extract")
+@entry_point
 def main(cfg: DictConfig) -> None:
-    from ctxsae.train.run import extract
+    from ctxsae.cache.store import open_or_build
+    from ctxsae.train.datamodule import activation_source
 
-    try:
-        cache = extract(cfg)
-    except Exception as e:
-        cause = unwrap(e)
-        if not isinstance(cause, UserError):
-            raise
-        print(f"error: {cause}", file=sys.stderr)
-        sys.exit(1)
+    cache = open_or_build(activation_source(cfg), cfg.cache)
     rate = cache.manifest.get("extract_tokens_per_s")
     print(f"activation cache ready: {cache.n_windows:,} windows of {cache.n_ctx} tokens, d_in {cache.d_in}"
           f"{f', extracted at {rate:.0f} tok/s' if rate else ''}\n  {cache.folder}")

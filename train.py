@@ -3,7 +3,6 @@
     python train.py model=topk data=fortunes lm=smollm2
 """
 
-import sys
 from pathlib import Path
 
 import hydra
@@ -11,25 +10,24 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from ctxsae.config import register_configs
-from ctxsae.errors import UserError, unwrap
+from ctxsae.errors import entry_point, unwrap
+from ctxsae.train.run_dir import RunDir
 
 register_configs()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@entry_point
 def main(cfg: DictConfig) -> float:
     from ctxsae.train.run import format_summary, train
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    run_dir = RunDir(Path(HydraConfig.get().runtime.output_dir))
     try:
         summary = train(cfg, run_dir)
     except Exception as e:
         cause = unwrap(e)
-        (run_dir / "failed.txt").write_text(f"{type(cause).__name__}: {cause}\n")  # the sweep report lists it
-        if not isinstance(cause, (UserError, FloatingPointError)):
-            raise
-        print(f"error: {cause}", file=sys.stderr)
-        sys.exit(1)
+        run_dir.write(run_dir.failed, f"{type(cause).__name__}: {cause}\n")  # the sweep report lists it
+        raise
     if summary is None:  # a non-zero DDP rank
         return float("nan")
     print(format_summary(summary))

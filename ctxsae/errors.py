@@ -1,11 +1,25 @@
-"""Errors caused by the user's input rather than by a bug.
+"""Errors caused by the user's input rather than by a bug, and how the entry points report them.
 
-Their message is one line that names the fix; the entry points print it without a traceback.
+Their message is one line that names the fix; the entry points (``entry_point``) print it without
+a traceback and exit with status 1. Anything else is a bug and keeps its traceback.
 """
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+F = TypeVar("F", bound=Callable)
 
 
 class UserError(Exception):
     """Bad input (missing model or data, wrong config, corrupt cache): the message names the fix."""
+
+
+class NonFiniteLoss(UserError, FloatingPointError):
+    """Training diverged: the message says which settings to change; the last good checkpoint is kept."""
 
 
 def unwrap(error: BaseException) -> BaseException:
@@ -13,3 +27,21 @@ def unwrap(error: BaseException) -> BaseException:
     from hydra.errors import InstantiationException
 
     return error.__cause__ if isinstance(error, InstantiationException) and error.__cause__ else error
+
+
+def entry_point(main: F) -> F:
+    """An entry point's main: a ``UserError`` (also one raised inside Hydra's ``instantiate``) becomes
+    ``error: <message>`` on stderr and exit status 1, with no traceback."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except Exception as e:
+            cause = unwrap(e)
+            if not isinstance(cause, UserError):
+                raise
+            print(f"error: {cause}", file=sys.stderr)
+            sys.exit(1)
+
+    return wrapper

@@ -9,7 +9,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ctxsae.models.base import SAE
 from ctxsae.train.module import OptimConfig, SAEModule
-from ctxsae.train.objective import LossConfig, Windows
+from ctxsae.cache.dataset import Windows
+from ctxsae.train.objective import LossConfig
 
 
 def _collate(items):

@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from ctxsae.config import register_configs
-from ctxsae.evaluate import register_eval_config
+from ctxsae.eval.config import register_eval_config
 from ctxsae.models.base import SAE
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -39,12 +39,31 @@ def test_every_model_composes_with_its_loss_and_builds(model):
     assert instantiate(cfg.loss) is not None
 
 
-@pytest.mark.parametrize("group", ["data", "lm", "loss", "trainer", "logger", "ablation"])
+@pytest.mark.parametrize("group", ["data", "lm", "loss", "trainer", "callbacks", "logger", "ablation"])
 def test_every_option_of_a_group_composes(group):
     for option in options(group):
         cfg = composed(f"{'+' if group == 'ablation' else ''}{group}={option}", hydra=True)
-        HydraConfig.instance().set_config(cfg)  # the logger's save_dir interpolates the run directory
+        HydraConfig.instance().set_config(cfg)
         assert OmegaConf.to_container(cfg[group if group != "ablation" else "model"], resolve=True)
+
+
+def test_trainer_callbacks_and_logger_are_built_from_their_groups(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from ctxsae.errors import UserError
+    from ctxsae.train.callbacks import Throughput
+    from ctxsae.train.run import build_trainer
+    from ctxsae.train.run_dir import RunDir
+
+    run_dir = RunDir(tmp_path)
+    trainer, throughput = build_trainer(composed("trainer.gradient_clip_val=0.5", "logger=csv",
+                                                 "callbacks.model_checkpoint.every_n_train_steps=7"), run_dir)
+    checkpoint = next(c for c in trainer.callbacks if isinstance(c, ModelCheckpoint))
+    assert trainer.gradient_clip_val == 0.5 and isinstance(throughput, Throughput)
+    assert checkpoint.dirpath == str(run_dir.checkpoints) and checkpoint._every_n_train_steps == 7
+    assert trainer.logger.log_dir.startswith(str(tmp_path))
+    with pytest.raises(UserError, match="^trainer: .*gradient_clipval"):
+        build_trainer(composed("+trainer.gradient_clipval=0.5"), run_dir)
 
 
 @pytest.mark.parametrize("sweep", options("sweep"))
@@ -55,7 +74,7 @@ def test_every_sweep_composes_at_each_of_its_values(sweep):
     for i in range(max(len(str(v).split(",")) for v in params.values())):
         point = [f"{k}={str(v).split(',')[min(i, len(str(v).split(',')) - 1)]}" for k, v in params.items()]
         job = composed(f"+sweep={sweep}", *point)
-        assert job.trainer.max_tokens > 0 and job.model._target_.startswith("ctxsae.models.")
+        assert job.max_tokens > 0 and job.model._target_.startswith("ctxsae.models.")
 
 
 def test_eval_and_extract_configs_compose():

@@ -14,7 +14,7 @@ def test_extract_then_train_reuses_the_cache(tmp_path):
     (tmp_path / "corpus.txt").write_text("\n".join(f"Line {i}: the quick brown fox, der schnelle Fuchs." for i in range(200)))
     shared = [
         "lm=tiny", "data=local", f"data.source.data_files={tmp_path / 'corpus.txt'}", "data.n_ctx=32",
-        "data.max_windows=64", "data.batch_windows=8", f"cache.root={tmp_path / 'cache'}",
+        "data.draw_windows=64", "data.batch_windows=8", f"cache.root={tmp_path / 'cache'}",
     ]
     run_dirs = set(ROOT.glob("outputs/runs/*/*"))
     result = subprocess.run([sys.executable, "extract.py", *shared], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
@@ -25,7 +25,7 @@ def test_extract_then_train_reuses_the_cache(tmp_path):
     assert json.loads(manifest.read_text())["complete"]
     written = manifest.stat().st_mtime_ns
 
-    train = [sys.executable, "train.py", *shared, "model.d_sae=64", "model.k=4", "trainer.max_tokens=1024",
+    train = [sys.executable, "train.py", *shared, "model.d_sae=64", "model.k=4", "max_tokens=1024",
              "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path / 'run'}"]
     result = subprocess.run(train, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr

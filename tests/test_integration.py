@@ -32,7 +32,7 @@ def test_smollm2_layer8_extraction_equals_hf_hidden_states(smollm2):
 
     assert smollm2.model.config.num_hidden_layers == 30 and smollm2.model.config.hidden_size == 576
     docs = [d.text for d in FortunesSource(languages=["de", "zh"], unit="entry").documents()][:50]
-    tokens = make_windows(docs, smollm2.tokenizer, 64, max_windows=4).tokens_NT
+    tokens = make_windows(docs, smollm2.tokenizer, 64, first_windows=4).tokens_NT
     acts = Extractor(smollm2, 8, "resid_post")(tokens)
     with torch.no_grad():
         ref = smollm2.model(tokens, output_hidden_states=True).hidden_states[9]
@@ -42,7 +42,7 @@ def test_smollm2_layer8_extraction_equals_hf_hidden_states(smollm2):
 
 
 def test_default_training_runs_on_the_embedded_defaults(tmp_path):
-    args = [sys.executable, "train.py", "data.max_windows=64", "trainer.max_tokens=16384", "model.d_sae=1152",
+    args = [sys.executable, "train.py", "data.draw_windows=64", "max_tokens=16384", "model.d_sae=1152",
             f"cache.root={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}", "trainer.enable_progress_bar=false"]
     result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900, env=os.environ | {"HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stdout + result.stderr

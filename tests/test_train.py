@@ -22,9 +22,9 @@ def run(tmp_path: Path, *overrides: str, run_dir: str = "run", wait: bool = True
     text.write_text(TEXT)
     args = [
         sys.executable, "train.py", *(["-m"] if multirun else []), "lm=tiny", "data=local", f"data.source.data_files={text}",
-        "data.n_ctx=32", "data.max_windows=128", "data.batch_windows=8", "model.d_sae=128", "model.k=8",
+        "data.n_ctx=32", "data.draw_windows=128", "data.batch_windows=8", "model.d_sae=128", "model.k=8",
         f"cache.root={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / run_dir}",
-        "trainer.enable_progress_bar=false", "trainer.max_tokens=8192", "trainer.val_every_n_steps=10", *overrides,
+        "trainer.enable_progress_bar=false", "max_tokens=8192", "trainer.val_check_interval=10", *overrides,
     ]
     env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     if not wait:
@@ -48,7 +48,7 @@ def test_train_writes_summary_tensorboard_events_and_sae(tmp_path):
 
 
 def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
-    overrides = ("trainer.max_tokens=200000", "trainer.checkpoint_every_n_steps=5")
+    overrides = ("max_tokens=200000", "callbacks.model_checkpoint.every_n_train_steps=5")
     proc = run(tmp_path, *overrides, wait=False)
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     deadline = time.time() + 240
@@ -61,7 +61,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     import torch
 
     step_at_kill = torch.load(last, weights_only=False)["global_step"]
-    result = run(tmp_path, "trainer.max_tokens=12000", "trainer.checkpoint_every_n_steps=5")
+    result = run(tmp_path, "max_tokens=12000", "callbacks.model_checkpoint.every_n_train_steps=5")
     assert result.returncode == 0, result.stdout + result.stderr
     assert step_at_kill > 0
     assert "Restoring states from the checkpoint" in result.stdout + result.stderr
@@ -93,7 +93,7 @@ def test_config_typo_fails_at_start_up(tmp_path):
 def test_submitit_local_multirun_shares_one_cache_and_reruns_skip_finished_jobs(tmp_path):
     sweep = tmp_path / "sweep"
     overrides = ("hydra/launcher=local", "hydra.launcher.cpus_per_task=1", f"hydra.sweep.dir={sweep}",
-                 "hydra.sweep.subdir=${hydra.job.num}", "model.k=4,8", "trainer.max_tokens=1024")
+                 "hydra.sweep.subdir=${hydra.job.num}", "model.k=4,8", "max_tokens=1024")
     result = run(tmp_path, *overrides, multirun=True)
     assert result.returncode == 0, result.stdout + result.stderr
     summaries = [json.loads((sweep / str(i) / "summary.json").read_text()) for i in (0, 1)]
@@ -106,7 +106,7 @@ def test_submitit_local_multirun_shares_one_cache_and_reruns_skip_finished_jobs(
 
 
 def test_ddp_on_two_cpu_processes(tmp_path):
-    result = run(tmp_path, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_tokens=4096")
+    result = run(tmp_path, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "max_tokens=4096")
     assert result.returncode == 0, result.stdout + result.stderr
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["train_tokens"] == 4096  # 8 steps of 2 processes x 8 windows x 32 tokens

@@ -35,11 +35,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ctxsae.cache.source import ActivationChunk
+from ctxsae.data.source import ActivationChunk
 from ctxsae.cache.store import CacheConfig, open_or_build
 from ctxsae.models.base import SAE
 from ctxsae.models.topk import TopKSAE
-from ctxsae.train.objective import LossConfig, Windows, compute_loss
+from ctxsae.cache.dataset import Windows
+from ctxsae.train.objective import LossConfig, compute_loss
 
 CONTEXTUAL = {
     "recurrent": "ctxsae.models.recurrent.RecurrentSAE",
@@ -173,7 +174,7 @@ class RandomSource:
 def datamodule(source: RandomSource, root: str, batch_windows: int):
     from ctxsae.train.datamodule import ActivationDataModule, DataConfig
 
-    data = DataConfig(n_ctx=source.n_ctx, max_windows=0, batch_windows=batch_windows, val_fraction=0.05)
+    data = DataConfig(n_ctx=source.n_ctx, draw_windows=0, batch_windows=batch_windows, val_fraction=0.05)
     dm = ActivationDataModule(source, data, CacheConfig(root=root, verify=False))
     dm.setup("fit")
     return dm

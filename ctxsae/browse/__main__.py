@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ctxsae.browse import BrowseConfig, write_run_site
+from ctxsae.browse import write_run_site
+from ctxsae.browse.site import BrowseConfig
 from ctxsae.data.text import DEFAULT_SWITCH_PAIRS, FORTUNES_ROOT
-from ctxsae.errors import UserError, unwrap
-from ctxsae.evaluate import EvalConfig, ProbeConfig, open_run
+from ctxsae.errors import entry_point
+from ctxsae.eval.config import EvalConfig, ProbeConfig
+from ctxsae.train.run_dir import open_run
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -28,8 +30,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--windows", type=int, default=d.n_windows, help="top-activating held-out windows per feature page")
     p.add_argument("--compare-windows", type=int, default=d.compare_windows,
                    help="held-out windows on the compare page")
-    p.add_argument("--max-windows", type=int, default=e.max_windows,
-                   help="held-out windows read (0: the whole val split)")
+    p.add_argument("--held-out-windows", type=int, default=e.held_out_windows,
+                   help="read the first N held-out windows (0: the whole val split)")
     p.add_argument("--batch-windows", type=int, default=e.batch_windows, help="windows per SAE / LM forward pass")
     p.add_argument("--probe-root", default=FORTUNES_ROOT, help="fortunes install for the language-switch probe")
     p.add_argument("--probe-pairs", default=",".join(DEFAULT_SWITCH_PAIRS),
@@ -40,23 +42,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     probe = ProbeConfig(n_windows=args.probe_windows, root=args.probe_root, pairs=args.probe_pairs.split(","))
-    ev = EvalConfig(run=args.run, device=args.device, batch_windows=args.batch_windows, max_windows=args.max_windows,
-                    probe=probe)
+    ev = EvalConfig(run=args.run, device=args.device, batch_windows=args.batch_windows,
+                    held_out_windows=args.held_out_windows, probe=probe)
     cfg = BrowseConfig(n_features=args.features, features=args.feature, n_windows=args.windows,
                        compare_windows=args.compare_windows, eval=ev)
-    try:
-        run = open_run(args.run, args.device)
-        baseline = open_run(args.compare, args.device, with_lm=False) if args.compare else None
-        index = write_run_site(run, cfg, baseline)
-    except Exception as e:
-        cause = unwrap(e)  # a data source or LM loader raises inside Hydra's instantiate
-        if not isinstance(cause, UserError):
-            raise
-        print(f"error: {cause}", file=sys.stderr)
-        return 1
+    run = open_run(args.run, args.device)
+    baseline = open_run(args.compare, args.device, with_lm=False) if args.compare else None
+    index = write_run_site(run, cfg, baseline)
     print(f"feature browser: {index}" + (f"\n  side by side:  {index.parent / 'compare.html'}" if baseline else ""))
     return 0
 

@@ -16,7 +16,7 @@ import math
 from html import escape
 from pathlib import Path
 
-from ctxsae.browse import CodeRow, Comparison, FeaturePage, FeatureStats, Site, Window
+from ctxsae.browse.site import CodeRow, Comparison, FeaturePage, FeatureStats, Site, Window
 
 CSS = """
 body { font: 14px/1.45 "DejaVu Sans", "Noto Sans", "WenQuanYi Zen Hei", sans-serif; margin: 1.5em 2em; color: #222; }

@@ -7,13 +7,24 @@ the point of this project). Batches are gathered with one sorted read per shard
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
+from torch import Tensor
 from torch.utils.data import Dataset
 
 from ctxsae.cache.store import ActivationCache
 from ctxsae.data.windows import loss_mask
-from ctxsae.train.objective import Windows
+
+
+class Windows(NamedTuple):
+    """A batch of whole windows. Tokens stay in order; documents are marked, never mixed."""
+
+    x_BTD: Tensor  # normalised activations
+    tokens_BT: Tensor  # token ids (or -1 where there is no text, e.g. synthetic data)
+    doc_start_BT: Tensor  # bool: a new document starts here (always True at t = 0)
+    mask_BT: Tensor  # bool: position counts in loss and metrics
 
 
 class CachedWindows(Dataset):

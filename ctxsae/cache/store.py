@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from filelock import FileLock
 
-from ctxsae.cache.source import ActivationSource
+from ctxsae.data.source import ActivationSource
 from ctxsae.errors import UserError
 
 FORMAT_VERSION = 1
@@ -54,7 +54,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         f.write(data)
@@ -161,11 +161,11 @@ def _extract(source: ActivationSource, cfg: CacheConfig, folder: Path, manifest:
             manifest["shards"].append({"name": name, "n_windows": len(chunk.x_NTD), "sha256": sums})
             done += len(chunk.x_NTD)
             manifest["complete"] = done >= total
-            _atomic_write_bytes(folder / "manifest.json", json.dumps(manifest, indent=1).encode())
+            atomic_write_bytes(folder / "manifest.json", json.dumps(manifest, indent=1).encode())
             rate = (done - n0) * source.n_ctx / (time.perf_counter() - t0)
             bar.update(task, completed=done, tok_s=rate)
     manifest["extract_tokens_per_s"] = rate
-    _atomic_write_bytes(folder / "manifest.json", json.dumps(manifest, indent=1).encode())
+    atomic_write_bytes(folder / "manifest.json", json.dumps(manifest, indent=1).encode())
     return manifest
 
 

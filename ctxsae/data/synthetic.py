@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ctxsae.cache.source import ActivationChunk
+from ctxsae.data.source import ActivationChunk
 
 _BLOCK_WINDOWS = 256  # windows drawn per seeded block; part of the algorithm, never a knob
 

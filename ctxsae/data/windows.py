@@ -52,14 +52,14 @@ def make_windows(
     documents: Iterable[str | Document],
     tokenizer,
     n_ctx: int,
-    max_windows: int = 0,
+    first_windows: int = 0,
     doc_separator_id: int | None = None,
 ) -> TokenWindows:
     """Cut the concatenated token stream of ``documents`` into ``[N, n_ctx]`` windows.
 
     Each document is tokenised without special tokens (``tokenizer(texts, add_special_tokens=False)``,
     any Hugging Face tokenizer) and, if ``doc_separator_id`` is given (e.g. the BOS id), that token is
-    put in front of it. Documents that tokenise to nothing are skipped. ``max_windows`` > 0 stops
+    put in front of it. Documents that tokenise to nothing are skipped. ``first_windows`` > 0 stops
     after that many windows (and stops tokenising once enough tokens are in).
     """
     if n_ctx < 1:
@@ -67,7 +67,7 @@ def make_windows(
     prefix = [] if doc_separator_id is None else [doc_separator_id]
     texts = ((i, d if isinstance(d, str) else d.text) for i, d in enumerate(documents))
     pieces, doc_ids, n_docs, n_tokens = [], [], 0, 0
-    needed = max_windows * n_ctx if max_windows > 0 else None
+    needed = first_windows * n_ctx if first_windows > 0 else None
     # Small first batches when few tokens are needed; the chars-per-token ratio is >= 1 for most text.
     for batch in _batches(texts, min(_BATCH_CHARS, needed or _BATCH_CHARS)):
         n_docs += len(batch)
@@ -88,7 +88,7 @@ def make_windows(
         )
 
     lengths = np.array([len(p) for p in pieces])
-    n_windows = n_tokens // n_ctx if needed is None else min(n_tokens // n_ctx, max_windows)
+    n_windows = n_tokens // n_ctx if needed is None else min(n_tokens // n_ctx, first_windows)
     keep = n_windows * n_ctx
     stream = np.concatenate(pieces)[:keep]
     doc_start = np.zeros(n_tokens, dtype=bool)

@@ -1,14 +1,14 @@
 """LM activations at a hook, extracted with nnsight and stopped right after the hook layer.
 
 ``LMActivations`` is the activation source behind every text dataset: it tokenises the text
-into windows, draws ``max_windows`` of them (seeded, across the whole corpus so every language
+into windows, draws ``draw_windows`` of them (seeded, across the whole corpus so every language
 is represented), and yields their activations chunk by chunk to the cache. The LM and the text
 are only loaded when the cache actually needs filling.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -17,7 +17,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from ctxsae.cache.source import ActivationChunk
+from ctxsae.data.source import ActivationChunk
 from ctxsae.data.windows import make_windows
 from ctxsae.errors import UserError
 from ctxsae.extract.lm import LoadedLM
@@ -72,6 +72,12 @@ def first(output: Any) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output
 
 
+def set_output(envoy: Any, value: torch.Tensor) -> None:
+    """Replace a module's output in an nnsight trace; the hidden state leads a tuple output if any."""
+    output = envoy.output
+    envoy.output = (value, *output[1:]) if isinstance(output, tuple) else value
+
+
 class Extractor:
     """Runs the LM on token windows via nnsight and stops the forward pass after the hook."""
 
@@ -91,6 +97,15 @@ class Extractor:
             tracer.stop()  # nothing after the hook is computed
         return acts.float().cpu()
 
+    @torch.no_grad()
+    def logits(self, ids_BT: torch.Tensor, patch: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """Logits [B, T, V] of the whole LM with ``patch(activation at the hook)`` written back (None: clean)."""
+        with self.lm.trace(ids_BT):
+            if patch is not None:
+                set_output(self.envoy, patch(first(self.envoy.output)))
+            logits = self.lm.output.logits.save()
+        return logits
+
     @property
     def d_model(self) -> int:
         return self.loaded.model.config.hidden_size
@@ -99,8 +114,8 @@ class Extractor:
 class LMActivations:
     """ActivationSource: windows of a text source run through an LM up to the hook."""
 
-    def __init__(self, text: Any, lm: LMConfig, n_ctx: int, max_windows: int, seed: int):
-        self.text, self.lm_cfg, self.n_ctx, self.max_windows, self.seed = text, lm, n_ctx, max_windows, seed
+    def __init__(self, text: Any, lm: LMConfig, n_ctx: int, draw_windows: int, seed: int):
+        self.text, self.lm_cfg, self.n_ctx, self.draw_windows, self.seed = text, lm, n_ctx, draw_windows, seed
 
     def fingerprint(self) -> dict:
         loader = OmegaConf.to_container(self.lm_cfg.loader, resolve=True) if OmegaConf.is_config(self.lm_cfg.loader) else self.lm_cfg.loader
@@ -111,7 +126,7 @@ class LMActivations:
             "site": self.lm_cfg.site,
             "text": self.text.fingerprint(),
             "n_ctx": self.n_ctx,
-            "max_windows": self.max_windows,
+            "max_windows": self.draw_windows,  # the key predates the field's name: existing caches stay valid
             "seed": self.seed,
         }
 
@@ -129,10 +144,10 @@ class LMActivations:
         sep = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
         windows = make_windows((d.text for d in self.text.documents()), tok, self.n_ctx, doc_separator_id=sep)
         n = len(windows.tokens_NT)
-        if self.max_windows and n > self.max_windows:
+        if self.draw_windows and n > self.draw_windows:
             # Draw windows from the whole corpus (not its first files) so every language is represented.
             g = torch.Generator().manual_seed(self.seed)
-            keep = torch.randperm(n, generator=g)[: self.max_windows].sort().values
+            keep = torch.randperm(n, generator=g)[: self.draw_windows].sort().values
             windows = type(windows)(*(torch.as_tensor(t)[keep] for t in windows))
         return windows
 

@@ -25,33 +25,21 @@ sums (``sums(ABLATIONS)``) of an earlier pass over the same windows.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ctxsae.extract.activations import first
+from ctxsae.cache.dataset import Windows
 from ctxsae.models.base import SAE
 
 CONDITIONS = ("clean", "spliced", "zero", "mean")
 ABLATIONS = ("zero", "mean")  # SAE-independent: shareable across the runs of one cache
 SPLICE_ONLY = ("clean", "spliced")  # clean is needed beside the splice for the KL
 
-
-def set_output(envoy: Any, value: Tensor) -> None:
-    """Replace a module's output in an nnsight trace; the hidden state leads a tuple output if any."""
-    output = envoy.output
-    envoy.output = (value, *output[1:]) if isinstance(output, tuple) else value
-
-
-def patched_logits(nn_lm: Any, envoy: Any, ids_BT: Tensor, patch: Callable[[Tensor], Tensor] | None) -> Tensor:
-    """Logits [B, T, V] of the LM (an ``nnsight.NNsight``) with ``patch(hook activation)`` written back."""
-    with nn_lm.trace(ids_BT):
-        if patch is not None:
-            set_output(envoy, patch(first(envoy.output)))
-        logits = nn_lm.output.logits.save()
-    return logits
+#: The LM's logits [B, T, V] on token ids [B, T], with ``patch(hook activation)`` written back at the hook
+#: (``patch`` None: the clean LM); ``ctxsae.extract.activations.Extractor.logits``.
+PatchedLogits = Callable[[Tensor, Callable[[Tensor], Tensor] | None], Tensor]
 
 
 def next_token_logprobs(logits_BTV: Tensor) -> Tensor:
@@ -60,18 +48,24 @@ def next_token_logprobs(logits_BTV: Tensor) -> Tensor:
 
 
 class Downstream:
-    """Streaming sums of CE per condition and KL(clean || condition) over the scored positions."""
+    """Streaming sums of CE per condition and KL(clean || condition) over the scored positions.
 
-    def __init__(self, conditions: tuple[str, ...] = CONDITIONS):
+    Unlike the SAE accumulators it runs the LM itself (``update(batch)``: one LM pass per condition
+    on the batch's tokens), since the splice must see the LM's own activations at the hook.
+    """
+
+    def __init__(self, logits: PatchedLogits, sae: SAE, mean_act_D: Tensor, conditions: tuple[str, ...] = CONDITIONS):
         assert conditions[0] == "clean", "the clean run comes first: every KL is measured against it"
+        self.logits, self.sae, self.mean_act_D = logits, sae, mean_act_D
         self.conditions, self.n = conditions, 0
         self.ce = dict.fromkeys(conditions, 0.0)
         self.kl = dict.fromkeys(conditions[1:], 0.0)
 
     @torch.no_grad()
-    def update(self, nn_lm: Any, envoy: Any, sae: SAE, ids_BT: Tensor, doc_start_BT: Tensor, mask_BT: Tensor,
-               mean_act_D: Tensor) -> None:
-        """One batch of windows: token ids, document starts and the kept-position mask, on the LM's device."""
+    def update(self, batch: Windows) -> None:
+        """One batch of windows (token ids, document starts, kept positions) on the LM's device."""
+        sae, mask_BT, doc_start_BT = self.sae, batch.mask_BT, batch.doc_start_BT
+        ids_BT = batch.tokens_BT.long()
         keep = mask_BT[..., None]
 
         def spliced(h: Tensor) -> Tensor:
@@ -82,7 +76,7 @@ class Downstream:
             "clean": None,
             "spliced": spliced,
             "zero": lambda h: torch.where(keep, torch.zeros_like(h), h),
-            "mean": lambda h: torch.where(keep, mean_act_D.to(h.dtype), h),
+            "mean": lambda h: torch.where(keep, self.mean_act_D.to(h.dtype), h),
         }
         patches = {name: patches[name] for name in self.conditions}
         scored = mask_BT[:, :-1]  # kept positions that predict a next token
@@ -90,7 +84,7 @@ class Downstream:
         self.n += int(scored.sum())
         clean_lp = None
         for name, patch in patches.items():
-            lp = next_token_logprobs(patched_logits(nn_lm, envoy, ids_BT, patch))
+            lp = next_token_logprobs(self.logits(ids_BT, patch))
             self.ce[name] += -(lp.gather(-1, target).squeeze(-1) * scored).sum().item()
             if clean_lp is None:
                 clean_lp = lp
@@ -98,7 +92,6 @@ class Downstream:
                 kl = (clean_lp.exp() * (clean_lp - lp)).sum(-1)
                 self.kl[name] += (kl * scored).sum().item()
             del lp
-
     def sums(self, conditions: tuple[str, ...]) -> dict:
         """The raw sums of some conditions (JSON-able), to stand in for them in a later ``compute``."""
         return {"n": self.n, "ce": {k: self.ce[k] for k in conditions}, "kl": {k: self.kl[k] for k in conditions}}

@@ -18,48 +18,62 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import Tensor
+from torchmetrics import Metric
 
+from ctxsae.cache.dataset import Windows
 from ctxsae.models.base import SAEOutput
 
 LOG10_FREQ_EDGES = np.arange(-8.0, 0.01, 0.5)  # 1e-8 .. 1 in half decades
 
 
-class Sparsity:
-    """Streaming per-latent firing counts and per-position L0/L1 sums."""
+class Sparsity(Metric):
+    """Streaming per-latent firing counts and per-position L0/L1 sums (a torchmetrics ``Metric``:
+    summed across processes under data-parallel validation)."""
 
-    def __init__(self, d_sae: int):
-        self.n = 0
-        self.fires_F = torch.zeros(d_sae, dtype=torch.long)  # novel codes
-        self.fires_eff_F = torch.zeros(d_sae, dtype=torch.long)  # effective codes
-        self.l0 = self.l0_eff = self.l1 = self.l1_eff = 0.0
+    full_state_update = False
 
-    @torch.no_grad()
-    def update(self, out: SAEOutput, mask_BT: Tensor) -> None:
-        z, a = out.codes[mask_BT], out.effective_codes[mask_BT]
+    def __init__(self, d_sae: int, dense_threshold: float = 0.1, sync_on_compute: bool = True):
+        super().__init__(sync_on_compute=sync_on_compute)
+        self.dense_threshold = dense_threshold
+        self.add_state("fires_F", torch.zeros(d_sae, dtype=torch.long), dist_reduce_fx="sum")  # novel codes
+        self.add_state("fires_eff_F", torch.zeros(d_sae, dtype=torch.long), dist_reduce_fx="sum")  # effective codes
+        for name in ("l0", "l0_eff", "l1", "l1_eff"):
+            self.add_state(name, torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("n", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, batch: Windows, out: SAEOutput) -> None:
+        z, a = out.codes[batch.mask_BT], out.effective_codes[batch.mask_BT]
         self.n += len(z)
-        self.fires_F += (z != 0).sum(0).cpu()
-        self.fires_eff_F += (a != 0).sum(0).cpu()
-        self.l0 += (z != 0).sum().item()
-        self.l0_eff += (a != 0).sum().item()
-        self.l1 += z.abs().sum().item()
-        self.l1_eff += a.abs().sum().item()
+        self.fires_F += (z != 0).sum(0)
+        self.fires_eff_F += (a != 0).sum(0)
+        self.l0 += (z != 0).sum()
+        self.l0_eff += (a != 0).sum()
+        self.l1 += z.abs().sum().double()
+        self.l1_eff += a.abs().sum().double()
 
-    def compute(self, dense_threshold: float = 0.1) -> dict:
-        n = max(self.n, 1)
-        freq, freq_eff = self.fires_F.double() / n, self.fires_eff_F.double() / n
-        dead = (self.fires_F == 0) & (self.fires_eff_F == 0)
+    def compute(self) -> dict:
+        n = max(self.n.item(), 1)
+        fires_F, fires_eff_F = self.fires_F.cpu(), self.fires_eff_F.cpu()
+        freq, freq_eff = fires_F.double() / n, fires_eff_F.double() / n
+        dead = (fires_F == 0) & (fires_eff_F == 0)
         return {
-            "l0": self.l0 / n,
-            "l0_effective": self.l0_eff / n,
-            "l1": self.l1 / n,
-            "l1_effective": self.l1_eff / n,
+            "l0": self.l0.item() / n,
+            "l0_effective": self.l0_eff.item() / n,
+            "l1": self.l1.item() / n,
+            "l1_effective": self.l1_eff.item() / n,
             "dead_fraction": dead.double().mean().item(),
-            "dense_fraction": (freq > dense_threshold).double().mean().item(),
-            "dense_fraction_effective": (freq_eff > dense_threshold).double().mean().item(),
-            "n_tokens": self.n,
+            "dense_fraction": (freq > self.dense_threshold).double().mean().item(),
+            "dense_fraction_effective": (freq_eff > self.dense_threshold).double().mean().item(),
+            "n_tokens": self.n.item(),
             "freq_histogram": firing_histogram(freq),
             "freq_histogram_effective": firing_histogram(freq_eff),
         }
+
+    @property
+    def log10_frequency(self) -> torch.Tensor:
+        """log10 of the firing frequency of the novel codes of every latent that fires (for histograms)."""
+        fires_F = self.fires_F.cpu()
+        return (fires_F[fires_F > 0].double() / max(self.n.item(), 1)).log10()
 
 
 def firing_histogram(freq_F: Tensor) -> dict:

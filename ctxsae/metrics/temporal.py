@@ -31,6 +31,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from ctxsae.cache.dataset import Windows
 from ctxsae.models.base import SAEOutput
 
 
@@ -127,8 +128,9 @@ class Temporal:
         self.region_pos, self.region_fires, self.region_active, self.regions = zeros(), zeros(), zeros(), zeros()
 
     @torch.no_grad()
-    def update(self, out: SAEOutput, doc_start_BT: Tensor, mask_BT: Tensor) -> None:
-        cont = continuation_mask(doc_start_BT, mask_BT)
+    def update(self, batch: Windows, out: SAEOutput) -> None:
+        mask_BT = batch.mask_BT
+        cont = continuation_mask(batch.doc_start_BT, mask_BT)
         a = active_pattern(out.effective_codes, mask_BT)
         same = out.codes is out.effective_codes  # per-token SAEs: count once
         z = a if same else active_pattern(out.codes, mask_BT)

@@ -23,8 +23,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from ctxsae.report.markdown import flatten
+from ctxsae.eval.markdown import flatten
 from ctxsae.report.plots import pareto_front, pareto_plot
+from ctxsae.train.run_dir import RunDir
 
 # column -> where it comes from: "summary:<key>" or "eval:<flattened key>" or "config:<dotted key>"
 COLUMNS = {
@@ -59,20 +60,20 @@ def job_dirs(sweep: Path) -> list[Path]:
     return sorted(launched | {p.parent for p in sweep.rglob("config.yaml") if p.parent.name != ".hydra"})
 
 
-def status_of(job: Path) -> str:
-    if (job / "summary.json").exists():
+def status_of(run: RunDir) -> str:
+    if run.summary.exists():
         return "finished"
-    if (job / "failed.txt").exists():  # train.py writes it when a run ends in an error
-        return "failed: " + (job / "failed.txt").read_text().strip()[:120]
+    if run.failed.exists():  # train.py writes it when a run ends in an error
+        return "failed: " + run.failed.read_text().strip()[:120]
     return "unfinished"  # still running, killed, or never started
 
 
 def row_of(job: Path, sweep: Path) -> dict:
-    summary = json.loads((job / "summary.json").read_text()) if (job / "summary.json").exists() else {}
-    evaluated = flatten(json.loads((job / "eval.json").read_text())) if (job / "eval.json").exists() else {}
-    cfg_path = job / "config.yaml" if (job / "config.yaml").exists() else job / ".hydra" / "config.yaml"
-    cfg = OmegaConf.load(cfg_path)
-    row = {"run": str(job.relative_to(sweep)), "status": status_of(job)}
+    run = RunDir(job)
+    summary = json.loads(run.summary.read_text()) if run.summary.exists() else {}
+    evaluated = flatten(json.loads(run.eval_json.read_text())) if run.eval_json.exists() else {}
+    cfg = run.load_config()
+    row = {"run": str(job.relative_to(sweep)), "status": status_of(run)}
     for column, source in COLUMNS.items():
         if source is None:
             continue
@@ -94,7 +95,7 @@ def row_of(job: Path, sweep: Path) -> dict:
 
 def setting_of(cfg) -> str:
     """What a run's L0 may only be matched within: everything but the architecture and its sparsity."""
-    keys = ("data", "lm", "cache", "optim", "trainer.max_tokens", "model.d_sae", "seed")
+    keys = ("data", "lm", "cache", "optim", "max_tokens", "model.d_sae", "seed")
     return json.dumps({k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v
                        for k in keys if (v := OmegaConf.select(cfg, k, default=None)) is not None}, sort_keys=True)
 

@@ -8,30 +8,42 @@ training seed, so every run of a sweep is evaluated on the same windows in the s
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
 from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 
-from ctxsae.cache.dataset import CachedWindows, collate_windows
-from ctxsae.cache.source import ActivationSource
+from ctxsae.cache.dataset import CachedWindows, Windows, collate_windows
 from ctxsae.cache.store import ActivationCache, CacheConfig, open_or_build
+from ctxsae.data.source import ActivationSource
 from ctxsae.errors import UserError
+from ctxsae.extract.activations import LMActivations
 
 
 @dataclass
 class DataConfig:
     source: Any = None  # _target_ node: a text source (fortunes, hf, local) or an activation source (synthetic)
     n_ctx: int = 128  # tokens per window
-    max_windows: int = 2048  # windows drawn (seeded) from the whole tokenised corpus; 0 = all
+    draw_windows: int = 2048  # windows drawn at random (seeded) from the whole tokenised corpus; 0 = all
     exclude_first: int = 1  # positions at each window start left out of loss and metrics (attention sink)
     val_fraction: float = 0.05  # share of windows held out for validation and evaluation
     batch_windows: int = 32  # windows per training batch (32 x 128 = 4096 tokens)
     num_workers: int = 0  # DataLoader worker processes (reads are memory-mapped and cheap)
     seed: int = 0  # which windows are drawn and which are held out
+
+
+def activation_source(cfg: DictConfig) -> ActivationSource:
+    """The source a composed config describes: text goes through the LM; activation sources (synthetic data) as they are."""
+    source = instantiate(cfg.data.source)
+    if hasattr(source, "documents"):
+        return LMActivations(source, cfg.lm, cfg.data.n_ctx, cfg.data.draw_windows, cfg.data.seed)
+    return source
 
 
 class ActivationDataModule(L.LightningDataModule):
@@ -50,7 +62,7 @@ class ActivationDataModule(L.LightningDataModule):
         n = self.cache.n_windows
         n_val = max(1, round(n * self.cfg.val_fraction)) if self.cfg.val_fraction > 0 else 0
         if n - n_val < 1:
-            raise UserError(f"the cache holds {n} window(s): too few to train and validate; raise data.max_windows or add text")
+            raise UserError(f"the cache holds {n} window(s): too few to train and validate; raise data.draw_windows or add text")
         perm = np.random.default_rng(self.cfg.seed).permutation(n)
         self.val_idx, self.train_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
         self.scale = self._normalisation_scale()
@@ -59,9 +71,10 @@ class ActivationDataModule(L.LightningDataModule):
     def d_in(self) -> int:
         return self.cache.d_in
 
-    def _normalisation_scale(self, max_windows: int = 512) -> float:
+    def _normalisation_scale(self, sample_windows: int = 512) -> float:
         """Scale so that E|x|^2 = d_in over kept training positions (Gao et al.; SAELens' 'expected_average_only_in')."""
-        idx = np.unique(self.train_idx[np.linspace(0, len(self.train_idx) - 1, min(max_windows, len(self.train_idx))).astype(int)])
+        picks = np.linspace(0, len(self.train_idx) - 1, min(sample_windows, len(self.train_idx))).astype(int)
+        idx = np.unique(self.train_idx[picks])
         total, count = 0.0, 0
         for lo in range(0, len(idx), 32):  # 32 windows at a time: setup memory stays flat as the cache grows
             x = torch.from_numpy(self.cache.read_x(idx[lo : lo + 32])).float()[:, self.cfg.exclude_first :]
@@ -80,6 +93,22 @@ class ActivationDataModule(L.LightningDataModule):
             num_workers=self.cfg.num_workers, persistent_workers=self.cfg.num_workers > 0,
             pin_memory=torch.cuda.is_available(), drop_last=shuffle,
         )
+
+    def held_out_batches(
+        self, batch_windows: int, first_windows: int = 0, device: torch.device | str = "cpu", unit: float = 1.0,
+    ) -> Iterator[Windows]:
+        """The first ``first_windows`` held-out windows (0: all), ``batch_windows`` at a time, on ``device``,
+        activations multiplied by ``unit`` (``unit_of(sae)``: in that SAE's units)."""
+        ds = self.dataset("val")
+        n = len(ds) if first_windows <= 0 else min(first_windows, len(ds))
+        for lo in range(0, n, batch_windows):
+            b = ds.__getitems__(list(range(lo, min(lo + batch_windows, n))))
+            yield Windows(b.x_BTD.mul_(unit).to(device), b.tokens_BT.to(device), b.doc_start_BT.to(device),
+                          b.mask_BT.to(device))
+
+    def unit_of(self, sae) -> float:
+        """Factor from this DataModule's normalisation to the SAE's (1 unless the SAE was trained on other data)."""
+        return float(sae.act_scale) / self.scale
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -9,9 +9,13 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from ctxsae.errors import NonFiniteLoss
 from ctxsae.metrics.basic import fired, fvu, l0
+from ctxsae.metrics.reconstruction import Reconstruction
+from ctxsae.metrics.sparsity import Sparsity
 from ctxsae.models.base import SAE
-from ctxsae.train.objective import LossConfig, Windows, compute_loss
+from ctxsae.cache.dataset import Windows
+from ctxsae.train.objective import LossConfig, compute_loss
 
 
 @dataclass
@@ -29,6 +33,9 @@ class SAEModule(L.LightningModule):
         self.sae, self.loss_cfg, self.optim_cfg = sae, loss, optim
         # Tokens since each latent last fired; part of the checkpoint so "dead" survives a resume.
         self.register_buffer("tokens_since_fired_F", torch.zeros(sae.d_sae, dtype=torch.long))
+        # Validation accumulates over the whole held-out split (summed across DDP processes): val/fvu is the
+        # split's FVU, as evaluate.py computes it, not a mean of per-batch FVUs.
+        self.val_reconstruction, self.val_sparsity = Reconstruction(sae.d_in), Sparsity(sae.d_sae)
         self._t_last: float | None = None
 
     def setup(self, stage: str) -> None:
@@ -43,7 +50,7 @@ class SAEModule(L.LightningModule):
     def training_step(self, batch: Windows, batch_idx: int) -> Tensor:
         loss, out, logs = compute_loss(self.sae, batch, self.loss_cfg, self.global_step, self.dead_F())
         if not torch.isfinite(loss):
-            raise FloatingPointError(
+            raise NonFiniteLoss(
                 f"loss is {loss.item()} at step {self.global_step}: lower optim.lr or raise trainer.gradient_clip_val;"
                 " the last good checkpoint is kept"
             )
@@ -72,14 +79,15 @@ class SAEModule(L.LightningModule):
 
     def validation_step(self, batch: Windows, batch_idx: int) -> None:
         out = self.sae(batch.x_BTD, batch.doc_start_BT)
-        self.log_dict(
-            {
-                "val/fvu": fvu(batch.x_BTD, out.reconstruction, batch.mask_BT),
-                "val/l0": l0(out.codes, batch.mask_BT),
-                "val/l0_effective": l0(out.effective_codes, batch.mask_BT),
-            },
-            sync_dist=True,
-        )
+        self.val_reconstruction.update(batch, out)
+        self.val_sparsity.update(batch, out)
+
+    def on_validation_epoch_end(self) -> None:
+        reconstruction, sparsity = self.val_reconstruction.compute(), self.val_sparsity.compute()
+        self.log_dict({"val/fvu": reconstruction["fvu"], "val/l0": sparsity["l0"],
+                       "val/l0_effective": sparsity["l0_effective"]})
+        self.val_reconstruction.reset()
+        self.val_sparsity.reset()
 
     def on_before_optimizer_step(self, optimizer) -> None:
         if self.sae.unit_norm_decoder:

@@ -11,21 +11,11 @@ with activations normalised to E|x|^2 = d_in the coefficients match the usual co
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
-
 import torch
 from torch import Tensor
 
+from ctxsae.cache.dataset import Windows
 from ctxsae.models.base import SAE, SAEOutput
-
-
-class Windows(NamedTuple):
-    """A batch of whole windows. Tokens stay in order; documents are marked, never mixed."""
-
-    x_BTD: Tensor  # normalised activations
-    tokens_BT: Tensor  # token ids (or -1 where there is no text, e.g. synthetic data)
-    doc_start_BT: Tensor  # bool: a new document starts here (always True at t = 0)
-    mask_BT: Tensor  # bool: position counts in loss and metrics
 
 
 @dataclass
@@ -34,7 +24,7 @@ class LossConfig:
     sparsity: float = 0.0  # coefficient of sae.sparsity_penalty (L1 for relu, L0 for jumprelu)
     sparsity_warmup_steps: int = 0  # linear ramp of the sparsity coefficient from 0
     auxk: float = 0.0  # coefficient of sae.auxiliary_loss (AuxK against dead latents)
-    dead_after_tokens: int = 1_000_000  # a latent silent for this many tokens counts as dead
+    dead_after_tokens: int = 250_000  # a latent silent for this many tokens counts as dead
 
 
 def sparsity_coefficient(cfg: LossConfig, step: int) -> float:

@@ -10,17 +10,21 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from ctxsae.browse import BrowseConfig, check_same_windows, collect_site
+import ctxsae.browse.site
+import ctxsae.eval.run
+from ctxsae.browse import evaluate_and_browse
+from ctxsae.browse.site import BrowseConfig, check_same_windows, collect_site
 from ctxsae.browse.__main__ import main as browse_main
 from ctxsae.browse.html import feature_html
 from ctxsae.cache.store import CacheConfig
 from ctxsae.config import register_configs
 from ctxsae.data.synthetic import SyntheticSource
 from ctxsae.errors import UserError
-from ctxsae.evaluate import EvalConfig, ProbeConfig, evaluate_run, open_run
+from ctxsae.eval.config import EvalConfig, ProbeConfig
 from ctxsae.models.recurrent import RecurrentSAE
 from ctxsae.train.datamodule import ActivationDataModule, DataConfig
 from ctxsae.train.run import train
+from ctxsae.train.run_dir import open_run
 
 ROOT = Path(__file__).resolve().parents[2]
 ATTACK = "<script>alert(1)</script>"
@@ -38,10 +42,10 @@ def train_tiny(tmp: Path, model: str, *overrides: str) -> Path:
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
         cfg = compose("train", overrides=[
             "lm=tiny", "data=local", f"data.source.data_files={tmp / 'corpus.txt'}", "data.n_ctx=128",
-            "data.max_windows=96",
+            "data.draw_windows=96",
             "data.batch_windows=8", f"model={model}", "model.d_sae=128", "model.k=8", f"cache.root={tmp / 'cache'}",
-            "trainer.enable_progress_bar=false", "trainer.max_tokens=8192", "trainer.val_every_n_steps=100",
-            "logger=csv", f"logger.save_dir={run_dir}", *overrides,
+            "trainer.enable_progress_bar=false", "max_tokens=8192", "trainer.val_check_interval=100",
+            "logger=csv", *overrides,
         ])
     train(cfg, run_dir)
     return run_dir
@@ -120,22 +124,35 @@ def test_synthetic_data_shows_positions_and_skips_the_logit_effect(tmp_path):
     assert "Where an effective activation comes from" in html
 
 
-def test_evaluate_report_html_writes_the_browser(runs):
-    cfg = EvalConfig(run=str(runs.topk), downstream=False, tensorboard=False, heatmap_windows=1, report="html")
-    cfg.probe.n_windows = 0
-    results = evaluate_run(cfg)
-    index = Path(results["browse"])
-    assert index == runs.topk / "browse" / "index.html" and len(list(index.parent.glob("feature_*.html"))) == 50
-    assert "TopKSAE" in index.read_text(encoding="utf-8")
+def test_evaluate_report_html_writes_the_browser_from_the_evaluations_pass(runs, monkeypatch):
+    """report=html reads the held-out windows once for evaluation and browser (and once more for the pages
+    of the chosen latents), and runs the probe once."""
+    reads, probes = [], []
+    held_out_batches = ActivationDataModule.held_out_batches
+    monkeypatch.setattr(ActivationDataModule, "held_out_batches",
+                        lambda self, *a, **kw: reads.append(1) or held_out_batches(self, *a, **kw))
+    language_switch = ctxsae.eval.run.language_switch
+    monkeypatch.setattr(ctxsae.eval.run, "language_switch", lambda *a: probes.append(1) or language_switch(*a))
+    monkeypatch.setattr(ctxsae.browse.site, "language_switch", lambda *a: pytest.fail("the browser ran the probe again"))
+    cfg = EvalConfig(run=str(runs.topk), downstream=False, tensorboard=False, heatmap_windows=1, report="html",
+                     probe=ProbeConfig(n_windows=12, root=str(runs.fortunes), pairs=["en-de"]))
+    evaluation, index = evaluate_and_browse(cfg)
+    assert (len(reads), len(probes)) == (2, 1)
+    assert index == runs.topk / "browse" / "index.html" and len(list(index.parent.glob("feature_*.html"))) >= 50
+    html = index.read_text(encoding="utf-8")
+    assert "TopKSAE" in html and "the probe was skipped" not in html
+    assert f"{evaluation.results['reconstruction']['fvu']:.3f}" in html  # the evaluation's figures, not another pass's
     with pytest.raises(UserError, match="report=none or report=html"):
-        evaluate_run(EvalConfig(run=str(runs.topk), report="pdf"))
+        EvalConfig(run=str(runs.topk), report="pdf")
 
 
 def test_bad_input_names_the_fix(runs, tmp_path, capsys):
-    assert browse_main([str(tmp_path)]) == 1
-    assert "no sae.safetensors" in capsys.readouterr().err
-    assert browse_main([str(runs.topk), "--feature", "999", "--probe-windows", "0"]) == 1
-    assert "out of range: this SAE has latents 0..127" in capsys.readouterr().err
+    for args, message in (([str(tmp_path)], "no sae.safetensors"),
+                          ([str(runs.topk), "--feature", "999", "--probe-windows", "0"],
+                           "out of range: this SAE has latents 0..127")):
+        with pytest.raises(SystemExit) as exit_:
+            browse_main(args)
+        assert exit_.value.code == 1 and message in capsys.readouterr().err
     a = SimpleNamespace(run_dir=Path("a"), dm=SimpleNamespace(cache=SimpleNamespace(folder=Path("c1")), val_idx=[1, 2]))
     b = SimpleNamespace(run_dir=Path("b"), dm=SimpleNamespace(cache=SimpleNamespace(folder=Path("c2")), val_idx=[1, 2]))
     with pytest.raises(UserError, match="different activation caches"):

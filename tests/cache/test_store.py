@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from ctxsae.cache.source import ActivationChunk
+from ctxsae.data.source import ActivationChunk
 from ctxsae.cache.store import CacheConfig, open_or_build
 from ctxsae.errors import UserError
 

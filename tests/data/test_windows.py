@@ -55,7 +55,7 @@ def test_doc_starts_are_exactly_the_boundaries(tok):
     assert w.doc_index_NT.tolist() == [[0, 0, 1], [1, 1, 2], [3, 3, 3]]
 
 
-def test_max_windows_stops_reading_early(tok):
+def test_first_windows_stops_reading_early(tok):
     read = []
 
     def endless():
@@ -63,7 +63,7 @@ def test_max_windows_stops_reading_early(tok):
             read.append(i)
             yield Document(f"document number {i}. ", "gen", "en")
 
-    w = make_windows(endless(), tok, 32, max_windows=5)
+    w = make_windows(endless(), tok, 32, first_windows=5)
     assert w.tokens_NT.shape == (5, 32)
     assert len(read) < 100  # stopped pulling documents soon after 5 * 32 tokens
     full = make_windows([d.text for d in itertools.islice(endless(), 50)], tok, 32)

@@ -80,9 +80,9 @@ def main() -> None:
         for name, overrides in RUNS.items():
             subprocess.run([
                 sys.executable, "train.py", "lm=tiny", "data=local", f"data.source.data_files={work / 'corpus.txt'}",
-                "data.n_ctx=64", "data.max_windows=96", "data.batch_windows=8", f"model={name}", "model.d_sae=64",
+                "data.n_ctx=64", "data.draw_windows=96", "data.batch_windows=8", f"model={name}", "model.d_sae=64",
                 "model.k=6", f"cache.root={work / 'cache'}", "trainer.enable_progress_bar=false",
-                "trainer.max_tokens=8192", "trainer.val_every_n_steps=100", "logger=csv", f"hydra.run.dir={work / name}",
+                "max_tokens=8192", "trainer.val_check_interval=100", "logger=csv", f"hydra.run.dir={work / name}",
                 *overrides,
             ], cwd=ROOT, env=ENV, check=True, capture_output=True)
             out = HERE / "runs" / name

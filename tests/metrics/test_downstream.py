@@ -3,11 +3,11 @@ so the clean LM predicts well and any damage at the hook shows in the loss."""
 
 import pytest
 import torch
-from nnsight import NNsight
 
-from ctxsae.extract.activations import first, hook_envoy
+from ctxsae.cache.dataset import Windows
+from ctxsae.extract.activations import Extractor
 from ctxsae.extract.lm import load_tiny
-from ctxsae.metrics.downstream import ABLATIONS, SPLICE_ONLY, Downstream, ce_recovered, patched_logits
+from ctxsae.metrics.downstream import ABLATIONS, SPLICE_ONLY, Downstream, ce_recovered
 from ctxsae.models.topk import TopKSAE
 
 D = 64
@@ -21,14 +21,13 @@ def setup():
         ids = torch.randint(0, 256, (4, 1), generator=torch.Generator().manual_seed(0))
         for _ in range(23):
             ids = torch.cat([ids, lm.model(ids).logits[:, -1:].argmax(-1)], dim=1)
-    nn_lm = NNsight(lm.model)
-    envoy = hook_envoy(nn_lm, lm.model, 0, "resid_post")
+    extractor = Extractor(lm, 0, "resid_post")
     doc_start = torch.zeros(ids.shape, dtype=torch.bool)
     doc_start[:, 0] = True
     mask = ~doc_start
-    with torch.no_grad(), nn_lm.trace(ids):
-        acts = first(envoy.output).save()
-    return nn_lm, envoy, ids, doc_start, mask, acts[mask].mean(0)
+    acts = extractor(ids)
+    batch = Windows(acts, ids, doc_start, mask)
+    return extractor, batch, acts[mask].mean(0)
 
 
 def sae_with(W_enc=None, W_dec=None, b_dec=None, scale=0.5):
@@ -49,9 +48,9 @@ def identity_sae():
 
 
 def run(setup, sae):
-    nn_lm, envoy, ids, doc_start, mask, mean = setup
-    d = Downstream()
-    d.update(nn_lm, envoy, sae, ids, doc_start, mask, mean)
+    extractor, batch, mean = setup
+    d = Downstream(extractor.logits, sae, mean)
+    d.update(batch)
     return d.compute()
 
 
@@ -79,12 +78,12 @@ def test_a_garbage_reconstruction_raises_the_loss(setup):
 
 
 def test_the_splice_changes_the_lm_from_the_patched_positions_on_only(setup):
-    nn_lm, envoy, ids, *_ = setup
+    extractor, batch, _ = setup
+    ids = batch.tokens_BT
     keep = torch.zeros(ids.shape, dtype=torch.bool)
     keep[:, 10:] = True
-    with torch.no_grad():
-        clean = patched_logits(nn_lm, envoy, ids, None)
-        patched = patched_logits(nn_lm, envoy, ids, lambda h: torch.where(keep[..., None], -h, h))
+    clean = extractor.logits(ids)
+    patched = extractor.logits(ids, lambda h: torch.where(keep[..., None], -h, h))
     assert torch.equal(patched[:, :10], clean[:, :10])
     assert (patched[:, 10:] - clean[:, 10:]).abs().amax() > 1
 
@@ -95,14 +94,14 @@ def test_ce_recovered_formula():
 
 
 def test_a_splice_only_pass_with_shared_ablation_sums_gives_the_full_figures(setup):
-    nn_lm, envoy, ids, doc_start, mask, mean = setup
+    extractor, batch, mean = setup
     first_sae, second_sae = identity_sae(), sae_with(W_dec=torch.zeros(2 * D, D))
-    full = Downstream()
-    full.update(nn_lm, envoy, first_sae, ids, doc_start, mask, mean)
+    full = Downstream(extractor.logits, first_sae, mean)
+    full.update(batch)
     baseline = full.sums(ABLATIONS)
-    alone, shared = Downstream(), Downstream(SPLICE_ONLY)
+    alone, shared = Downstream(extractor.logits, second_sae, mean), Downstream(extractor.logits, second_sae, mean, SPLICE_ONLY)
     for d in (alone, shared):
-        d.update(nn_lm, envoy, second_sae, ids, doc_start, mask, mean)
+        d.update(batch)
     assert shared.compute(baseline) == pytest.approx(alone.compute(), rel=1e-6)
     with pytest.raises(ValueError, match="not the same windows"):
         shared.compute(baseline | {"n": baseline["n"] + 1})

@@ -1,8 +1,16 @@
 import pytest
 import torch
 
+from ctxsae.cache.dataset import Windows
 from ctxsae.metrics.basic import fvu
 from ctxsae.metrics.reconstruction import Reconstruction
+from ctxsae.models.base import SAEOutput
+
+
+def update(r: Reconstruction, x, recon, mask) -> None:
+    """One batch: windows ``x`` with the positions ``mask`` keeps, and an SAE output reconstructing them as ``recon``."""
+    codes = torch.zeros(*x.shape[:2], 1)
+    r.update(Windows(x, torch.full(mask.shape, -1), torch.zeros_like(mask), mask), SAEOutput(codes, codes, recon, {}))
 
 
 def data(seed=0, B=6, T=10, D=8):
@@ -15,8 +23,8 @@ def data(seed=0, B=6, T=10, D=8):
 
 def test_perfect_reconstruction():
     x, mask = data()
-    r = Reconstruction()
-    r.update(x, x.clone(), mask)
+    r = Reconstruction(8)
+    update(r, x, x.clone(), mask)
     out = r.compute()
     assert out["fvu"] == pytest.approx(0, abs=1e-12) and out["nmse"] == pytest.approx(0, abs=1e-12)
     assert out["cosine"] == pytest.approx(1) and out["norm_ratio"] == pytest.approx(1)
@@ -25,9 +33,9 @@ def test_perfect_reconstruction():
 def test_streamed_batches_equal_one_batch_and_basic_fvu():
     x, mask = data()
     recon = x + 0.3 * torch.randn_like(x)
-    r = Reconstruction()
+    r = Reconstruction(8)
     for lo in range(0, 6, 2):  # three batches
-        r.update(x[lo : lo + 2], recon[lo : lo + 2], mask[lo : lo + 2])
+        update(r, x[lo : lo + 2], recon[lo : lo + 2], mask[lo : lo + 2])
     out = r.compute()
     assert out["fvu"] == pytest.approx(fvu(x, recon, mask).item(), rel=1e-5)
     kept_x, kept_r = x[mask], recon[mask]
@@ -41,9 +49,9 @@ def test_predicting_the_mean_gives_fvu_one_and_masked_positions_do_not_count():
     mean = x[mask].mean(0)
     recon = mean.expand_as(x).clone()
     recon[:, 0] = 1e6  # masked: must not count
-    r = Reconstruction()
-    r.update(x, recon, mask)
+    r = Reconstruction(8)
+    update(r, x, recon, mask)
     assert r.compute()["fvu"] == pytest.approx(1, rel=1e-6)
-    zero = Reconstruction()
-    zero.update(x, torch.zeros_like(x), mask)
+    zero = Reconstruction(8)
+    update(zero, x, torch.zeros_like(x), mask)
     assert zero.compute()["nmse"] == pytest.approx(1) and zero.compute()["norm_ratio"] == 0

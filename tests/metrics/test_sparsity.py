@@ -1,12 +1,17 @@
 import pytest
 import torch
 
+from ctxsae.cache.dataset import Windows
 from ctxsae.metrics.sparsity import LOG10_FREQ_EDGES, Sparsity, firing_histogram
 from ctxsae.models.base import SAEOutput
 
 
 def out(z, a):
     return SAEOutput(z, a, torch.zeros(*z.shape[:2], 1), {})
+
+
+def batch(mask):
+    return Windows(torch.zeros(*mask.shape, 1), torch.full(mask.shape, -1), torch.zeros_like(mask), mask)
 
 
 def test_l0_l1_dead_dense_on_hand_built_codes():
@@ -19,9 +24,9 @@ def test_l0_l1_dead_dense_on_hand_built_codes():
     a[:, 5:, 3] = 1.0  # only effective (a carried code): not dead, dense among effective codes
     mask = torch.ones(B, T, dtype=torch.bool)
     mask[:, 0] = False  # position 0 masked: latent 2's firing there does not count
-    s = Sparsity(F)
-    s.update(out(z, a), mask)
-    r = s.compute(dense_threshold=0.1)
+    s = Sparsity(F, dense_threshold=0.1)
+    s.update(batch(mask), out(z, a))
+    r = s.compute()
     n = B * (T - 1)
     assert r["n_tokens"] == n
     assert r["l0"] == pytest.approx((n + 1 + 4) / n)

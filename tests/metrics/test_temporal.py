@@ -4,6 +4,7 @@ import torch
 from ctxsae.metrics.temporal import (
     Temporal, close_gaps, continuation_mask, ground_truth_regions, region_lengths, run_counts, summarise,
 )
+from ctxsae.cache.dataset import Windows
 from ctxsae.models.base import SAEOutput
 
 
@@ -51,7 +52,9 @@ def score(z_1T1, a_1T1):
     doc_start = torch.zeros(1, T, dtype=torch.bool)
     doc_start[:, 0] = True
     t = Temporal(d_sae=1, gap=2, min_len=4)
-    t.update(SAEOutput(z_1T1, a_1T1, torch.zeros(1, T, 1), {}), doc_start, torch.ones(1, T, dtype=torch.bool))
+    mask = torch.ones(1, T, dtype=torch.bool)
+    t.update(Windows(torch.zeros(1, T, 1), torch.full((1, T), -1), doc_start, mask),
+             SAEOutput(z_1T1, a_1T1, torch.zeros(1, T, 1), {}))
     return t.compute()
 
 

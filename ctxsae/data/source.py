@@ -1,8 +1,9 @@
-"""What the activation cache consumes: anything that produces windows of activations.
+"""Anything that produces windows of activations, and the chunks it produces them in.
 
 Two producers exist: LM activations extracted with nnsight (``ctxsae.extract``) and the
-synthetic ground-truth generator (``ctxsae.data.synthetic``). Both are deterministic given
-their ``fingerprint()``, which is what keys the cache.
+synthetic ground-truth generator (``ctxsae.data.synthetic``); the activation cache
+(``ctxsae.cache``) consumes them. Both are deterministic given their ``fingerprint()``, which is
+what keys the cache. The types live here, in the lowest package that produces chunks.
 """
 
 from __future__ import annotations

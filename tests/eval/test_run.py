@@ -14,12 +14,15 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 from ctxsae.cache.store import CacheConfig
 from ctxsae.data.synthetic import SyntheticSource
 from ctxsae.errors import UserError
-from ctxsae.evaluate import EvalConfig, evaluate, evaluate_fast, evaluate_run, resolve_run
+from ctxsae.eval.config import EvalConfig
+from ctxsae.eval.run import evaluate, evaluate_run
+from ctxsae.metrics import MetricsConfig, accumulate, held_out_accumulators
 from ctxsae.metrics.basic import fvu
 from ctxsae.models.topk import TopKSAE
 from ctxsae.train.datamodule import ActivationDataModule, DataConfig
+from ctxsae.train.run_dir import resolve_run
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TEXT = "\n".join(f"Line {i}: the quick brown fox jumps over the lazy dog. Der schnelle Fuchs {i}." for i in range(300))
 ENV = os.environ | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
@@ -38,9 +41,9 @@ def evaluated(tmp_path_factory):
     (tmp / "corpus.txt").write_text(TEXT)
     train = [
         sys.executable, "train.py", "lm=tiny", "data=local", f"data.source.data_files={tmp / 'corpus.txt'}",
-        "data.n_ctx=32", "data.max_windows=128", "data.batch_windows=8", "model.d_sae=128", "model.k=8",
+        "data.n_ctx=32", "data.draw_windows=128", "data.batch_windows=8", "model.d_sae=128", "model.k=8",
         f"cache.root={tmp / 'cache'}", f"hydra.run.dir={tmp / 'run'}", "trainer.enable_progress_bar=false",
-        "trainer.max_tokens=4096", "trainer.val_every_n_steps=10",
+        "max_tokens=4096", "trainer.val_check_interval=10",
     ]
     result = subprocess.run(train, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -121,7 +124,7 @@ def test_synthetic_data_gets_ground_truth_figures_and_no_lm_figures(synthetic_dm
     torch.manual_seed(0)
     sae = ContextTopK(16, 32, k=4)
     sae.act_scale.fill_(synthetic_dm.scale)
-    results, figures = evaluate(sae, synthetic_dm, EvalConfig(batch_windows=3, heatmap_windows=1))
+    results, figures, _, _ = evaluate(sae, synthetic_dm, EvalConfig(batch_windows=3, heatmap_windows=1))
     assert results["downstream"] is None and results["language_switch"] is None
     assert "no LM" in results["skipped"]["downstream"]
     s = results["synthetic"]
@@ -131,17 +134,18 @@ def test_synthetic_data_gets_ground_truth_figures_and_no_lm_figures(synthetic_dm
     assert list(figures) == ["heatmap_val0"]
 
 
-def test_evaluate_fast_scores_exactly_the_held_out_windows(synthetic_dm):
+def test_the_held_out_pass_scores_exactly_the_held_out_windows(synthetic_dm):
     torch.manual_seed(0)
     sae = TopKSAE(16, 32, k=4)
     sae.act_scale.fill_(synthetic_dm.scale)
-    r = evaluate_fast(sae, synthetic_dm)
+    batches = synthetic_dm.held_out_batches(batch_windows=3)
+    r = accumulate(sae, batches, held_out_accumulators(sae, MetricsConfig()))
     val = synthetic_dm.dataset("val").__getitems__(list(range(len(synthetic_dm.val_idx))))
     with torch.no_grad():
         out = sae(val.x_BTD, val.doc_start_BT)
     assert r["reconstruction"]["fvu"] == pytest.approx(fvu(val.x_BTD, out.reconstruction, val.mask_BT).item(), rel=1e-5)
     assert r["sparsity"]["l0"] == pytest.approx(4) and r["sparsity"]["n_tokens"] == 4 * 16
-    assert set(r) == {"reconstruction", "sparsity", "temporal", "context", "synthetic"}
+    assert set(r) == {"reconstruction", "sparsity", "temporal"}  # per-token: no context pathway
 
 
 def test_bad_run_paths_name_the_fix(tmp_path):

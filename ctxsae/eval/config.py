@@ -1,0 +1,44 @@
+"""What ``python evaluate.py`` reads: the structured config (Hydra checks overrides against it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ctxsae.data.text import DEFAULT_SWITCH_PAIRS, FORTUNES_ROOT
+from ctxsae.errors import UserError
+from ctxsae.metrics import MetricsConfig
+
+
+@dataclass
+class ProbeConfig:
+    n_windows: int = 64  # stitched two-language windows (0: no probe)
+    root: str = FORTUNES_ROOT  # the fortunes install the two-language texts come from
+    pairs: list[str] = field(default_factory=lambda: list(DEFAULT_SWITCH_PAIRS))  # "a-b": a fortune in a, then one in b
+    joiner: str = "\n\n"  # between the two fortunes (also in the same-language control windows)
+    seed: int = 0  # which fortunes are stitched
+
+
+@dataclass
+class EvalConfig:
+    run: str = "???"  # a run directory (config.yaml + sae.safetensors), or the sae.safetensors inside one
+    device: str = "auto"  # auto (cuda if available) | cpu | cuda[:i]
+    batch_windows: int = 8  # windows per SAE / LM forward pass
+    held_out_windows: int = 0  # evaluate the first N held-out windows (0: the whole val split)
+    downstream: bool = True  # splice the reconstruction into the LM (text data only)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)  # dense threshold, region gap and length
+    heatmap_windows: int = 2  # held-out windows drawn as latent heatmaps (plus one probe window)
+    heatmap_latents: int = 8  # latents per heatmap
+    tensorboard: bool = True  # log figures, histograms and hparams under <run>/tb
+    report: str = "none"  # none | html: also write the feature browser (ctxsae.browse) into <run>/browse/
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+
+    def __post_init__(self) -> None:
+        if self.report not in ("none", "html"):
+            raise UserError(f"report={self.report}: choose report=none or report=html (the feature browser)")
+
+
+def register_eval_config() -> None:
+    """The eval schema in Hydra's ConfigStore, so a typo in an override fails at start-up."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="eval_schema", node=EvalConfig)
