@@ -39,7 +39,8 @@ from ctxsae.metrics.language import switch_probe, switch_windows, with_controls
 from ctxsae.metrics.reconstruction import Reconstruction
 from ctxsae.metrics.sparsity import Sparsity
 from ctxsae.metrics.temporal import Temporal, ground_truth_regions
-from ctxsae.models.base import SAE, load_sae
+from ctxsae.models import load_sae
+from ctxsae.models.base import SAE, ContextualSAE
 from ctxsae.report.markdown import flatten, to_markdown
 from ctxsae.report.plots import activation_heatmap
 from ctxsae.train.objective import Windows
@@ -119,7 +120,7 @@ def held_out_pass(sae: SAE, dm, cfg: EvalConfig, on_batch: Callable[[Windows, An
         rec.update(b.x_BTD, out.reconstruction, b.mask_BT)
         spars.update(out, b.mask_BT)
         temporal.update(out, b.doc_start_BT, b.mask_BT)
-        if hasattr(sae, "context_stats"):
+        if isinstance(sae, ContextualSAE):
             context.update(sae.context_stats(out), out.codes.shape[0] * out.codes.shape[1])
         if on_batch is not None:
             on_batch(b, out)
@@ -368,7 +369,7 @@ def open_run(run: str, device: str = "auto", with_lm: bool = True) -> OpenRun:
     train_cfg = OmegaConf.load(run_dir / "config.yaml")
     torch_device = _device(device)
     try:
-        sae, _ = load_sae(sae_file)
+        sae = load_sae(sae_file)
     except RuntimeError as e:  # load_state_dict: the SAE's code changed since the run saved it
         raise UserError(f"{sae_file} does not fit the current code of its SAE class ({str(e).splitlines()[-1].strip()}): "
                         "retrain the run, or evaluate it from the commit it was trained with") from e

@@ -37,8 +37,9 @@ import torch
 
 from ctxsae.cache.source import ActivationChunk
 from ctxsae.cache.store import CacheConfig, open_or_build
+from ctxsae.models import build_sae
 from ctxsae.models.base import SAE
-from ctxsae.models.topk import TopKSAE
+from ctxsae.models.topk import TopKConfig, TopKSAE
 from ctxsae.train.objective import LossConfig, Windows, compute_loss
 
 CONTEXTUAL = {
@@ -270,7 +271,7 @@ def bench_cache(d_in: int, d_sae: int, k: int, batch_tokens: int, n_ctx: int, wa
         dm = datamodule(source, root, batch_windows)
         it = iter(dm.train_dataloader())
         batch = next(it)  # warm-up read: page cache filled, as in the steady state of an epoch
-        sae = TopKSAE(d_in, d_sae, k)
+        sae = TopKSAE(TopKConfig(d_in=d_in, d_sae=d_sae, k=k))
         step = train_step_fn(sae, batch)
 
         def read() -> None:
@@ -324,14 +325,14 @@ def bench_saelens(d_in: int, d_sae: int, k: int, batch_tokens: int, n_ctx: int, 
         import sae_lens as sl
     except ImportError:
         return skipped(figure, "skipped: pip install sae-lens (or pip install -e .[bench])")
-    from ctxsae.models.relu import ReLUSAE
+    from ctxsae.models.relu import ReLUConfig, ReLUSAE
 
     batch = batch_of(d_in, batch_tokens, n_ctx)
     x_ND, N = batch.x_BTD.flatten(0, 1), batch.x_BTD.shape[0] * n_ctx
     pairs = {
-        "topk": (train_step_fn(TopKSAE(d_in, d_sae, k), batch),
+        "topk": (train_step_fn(TopKSAE(TopKConfig(d_in=d_in, d_sae=d_sae, k=k)), batch),
                  saelens_step_fn(sl.TopKTrainingSAE(sl.TopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=k, device="cpu")), x_ND)),
-        "relu_l1": (train_step_fn(ReLUSAE(d_in, d_sae), batch, loss=LossConfig(sparsity=5.0)),
+        "relu_l1": (train_step_fn(ReLUSAE(ReLUConfig(d_in=d_in, d_sae=d_sae)), batch, loss=LossConfig(sparsity=5.0)),
                     saelens_step_fn(sl.StandardTrainingSAE(sl.StandardTrainingSAEConfig(d_in=d_in, d_sae=d_sae, l1_coefficient=5.0,
                                                                                         device="cpu")), x_ND)),
     }
@@ -349,7 +350,7 @@ def bench_saelens(d_in: int, d_sae: int, k: int, batch_tokens: int, n_ctx: int, 
 def bench_roofline(d_in: int, d_sae: int, k: int, batch_tokens: int, n_ctx: int, warmup: int, repeats: int) -> dict:
     batch = batch_of(d_in, batch_tokens, n_ctx)
     N = batch.x_BTD.shape[0] * n_ctx
-    step = train_step_fn(TopKSAE(d_in, d_sae, k), batch)
+    step = train_step_fn(TopKSAE(TopKConfig(d_in=d_in, d_sae=d_sae, k=k)), batch)
     a, w = torch.randn(N, d_in), torch.randn(d_in, d_sae)
     t_step, t_mm = paired_times(step, lambda: a @ w, warmup, repeats)
     achieved, dense = topk_flops(N, d_in, d_sae, k) / t_step, 2.0 * N * d_in * d_sae / t_mm
@@ -363,19 +364,12 @@ def bench_roofline(d_in: int, d_sae: int, k: int, batch_tokens: int, n_ctx: int,
 # -- 5. contextual overhead --------------------------------------------------------------------------------------
 
 
-def _import(path: str):
-    import importlib
-
-    module, name = path.rsplit(".", 1)
-    return getattr(importlib.import_module(module), name)
-
-
 def bench_contextual(d_in: int, d_sae: int, k: int, batch_tokens: int, n_ctx: int, warmup: int, repeats: int) -> dict:
     batch = batch_of(d_in, batch_tokens, n_ctx)
     per_model = {}
     for name, path in CONTEXTUAL.items():
-        ctx_step = train_step_fn(_import(path)(d_in=d_in, d_sae=d_sae, k=k), batch)
-        topk_step = train_step_fn(TopKSAE(d_in, d_sae, k), batch)
+        ctx_step = train_step_fn(build_sae({"_target_": path, "d_in": d_in, "d_sae": d_sae, "k": k}), batch)
+        topk_step = train_step_fn(TopKSAE(TopKConfig(d_in=d_in, d_sae=d_sae, k=k)), batch)
         t_topk, t_ctx = paired_times(topk_step, ctx_step, warmup, repeats)
         cost = t_ctx / t_topk
         per_model[name] = {"cost": cost, "met": cost <= 2.0, "tokens_per_s": batch.x_BTD.shape[0] * n_ctx / t_ctx,

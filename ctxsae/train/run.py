@@ -24,6 +24,7 @@ from ctxsae.cache.store import ActivationCache, open_or_build
 from ctxsae.errors import UserError
 from ctxsae.evaluate import evaluate_fast
 from ctxsae.extract.activations import LMActivations
+from ctxsae.models import build_sae
 from ctxsae.train.datamodule import ActivationDataModule
 from ctxsae.train.module import SAEModule
 
@@ -86,7 +87,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict | None:
         model_cfg["d_in"] = dm.d_in
     elif model_cfg["d_in"] != dm.d_in:
         raise UserError(f"model.d_in={model_cfg['d_in']} but the activations have d_model {dm.d_in}: drop model.d_in (it is read from the cache) or change lm/layer")
-    sae = instantiate(model_cfg)
+    sae = build_sae(model_cfg)
     sae.act_scale.fill_(dm.scale)
 
     module = SAEModule(sae, instantiate(cfg.loss), instantiate(cfg.optim))
@@ -113,7 +114,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict | None:
     if not trainer.is_global_zero:  # under DDP one process writes the results
         return None
 
-    sae.save(run_dir / "sae.safetensors", config=model_cfg)
+    sae.save(run_dir / "sae.safetensors")
     # Whole-split figures, as evaluate.py computes them (val/fvu averages per-batch FVUs, each against
     # its own batch's variance: a little higher, and only for the curves).
     fast = evaluate_fast(sae, dm)  # reconstruction, sparsity, temporal, context; no LM

@@ -6,7 +6,7 @@ from ctxsae.models.base import SAEOutput
 
 
 def out(z, a):
-    return SAEOutput(z, a, torch.zeros(*z.shape[:2], 1), {})
+    return SAEOutput(z, a, torch.zeros(*z.shape[:2], 1), pre_acts=z, aux={})
 
 
 def test_l0_l1_dead_dense_on_hand_built_codes():

@@ -51,7 +51,7 @@ def score(z_1T1, a_1T1):
     doc_start = torch.zeros(1, T, dtype=torch.bool)
     doc_start[:, 0] = True
     t = Temporal(d_sae=1, gap=2, min_len=4)
-    t.update(SAEOutput(z_1T1, a_1T1, torch.zeros(1, T, 1), {}), doc_start, torch.ones(1, T, dtype=torch.bool))
+    t.update(SAEOutput(z_1T1, a_1T1, torch.zeros(1, T, 1), pre_acts=z_1T1, aux={}), doc_start, torch.ones(1, T, dtype=torch.bool))
     return t.compute()
 
 
@@ -84,5 +84,5 @@ def test_ground_truth_regions():
     z[0, 2, 1], a[0, 2:4, 1], a[0, 5, 1] = 1.0, 1.0, 1.0  # onset code; effective active 3 of 4, one hole
     doc_start = torch.zeros(1, T, dtype=torch.bool)
     doc_start[0, 0] = True
-    r = ground_truth_regions(SAEOutput(z, a, torch.zeros(1, T, 1), {}), doc_start, inside, torch.tensor([1]))
+    r = ground_truth_regions(SAEOutput(z, a, torch.zeros(1, T, 1), pre_acts=z, aux={}), doc_start, inside, torch.tensor([1]))
     assert r == pytest.approx({"fire_share": 1 / 4, "coverage": 3 / 4, "flicker": 1 / 3})

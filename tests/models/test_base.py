@@ -2,12 +2,12 @@
 
 import torch
 
-from ctxsae.models.topk import TopKSAE
+from ctxsae.models.topk import TopKConfig, TopKSAE
 
 
 def test_pre_acts_and_their_gradients_equal_the_textbook_form():
     torch.manual_seed(0)
-    sae = TopKSAE(16, 48, k=4).double()
+    sae = TopKSAE(TopKConfig(d_in=16, d_sae=48, k=4)).double()
     with torch.no_grad():
         sae.b_dec.normal_()
         sae.b_enc.normal_()
