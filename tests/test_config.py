@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from ctxsae.config import register_configs
 from ctxsae.evaluate import register_eval_config
-from ctxsae.models import build_sae
+from ctxsae.models import ARCHITECTURES, build_sae
 from ctxsae.models.base import SAE
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -39,6 +39,10 @@ def test_every_model_composes_with_its_loss_and_builds(model):
     sae = build_sae(cfg.model)
     assert isinstance(sae, SAE) and sae.architecture == model and sae.d_sae == 256
     assert instantiate(cfg.loss) is not None
+
+
+def test_every_architecture_has_its_model_config():
+    assert options("model") == sorted(ARCHITECTURES)
 
 
 @pytest.mark.parametrize("group", ["data", "lm", "loss", "trainer", "logger", "ablation"])
