@@ -40,7 +40,7 @@ from ctxsae.metrics.reconstruction import Reconstruction
 from ctxsae.metrics.sparsity import Sparsity
 from ctxsae.metrics.temporal import Temporal, ground_truth_regions
 from ctxsae.models import load_sae
-from ctxsae.models.base import SAE, ContextualSAE
+from ctxsae.models.base import SAE, ContextualSAE, window_starts
 from ctxsae.report.markdown import flatten, to_markdown
 from ctxsae.report.plots import activation_heatmap
 from ctxsae.train.objective import Windows
@@ -201,9 +201,7 @@ def _probe_codes(sae: SAE, extractor, tokens_NT: torch.Tensor, batch_windows: in
     codes, effective = [], []
     for ids in tokens_NT.split(batch_windows):
         x = sae.normalize(extractor(ids).to(device))
-        doc_start = torch.zeros(ids.shape, dtype=torch.bool, device=device)
-        doc_start[:, 0] = True  # one document: the SAE sees language A before the switch
-        out = sae(x, doc_start)
+        out = sae(x, window_starts(*ids.shape, device=device))  # one document: the SAE sees language A before the switch
         codes.append(out.codes.cpu())
         effective.append(out.effective_codes.cpu())
     return torch.cat(codes), torch.cat(effective)

@@ -38,7 +38,7 @@ import torch
 from ctxsae.cache.source import ActivationChunk
 from ctxsae.cache.store import CacheConfig, open_or_build
 from ctxsae.models import build_sae
-from ctxsae.models.base import SAE
+from ctxsae.models.base import SAE, window_starts
 from ctxsae.models.topk import TopKConfig, TopKSAE
 from ctxsae.train.objective import LossConfig, Windows, compute_loss
 
@@ -116,11 +116,9 @@ def batch_of(d_in: int, batch_tokens: int, n_ctx: int, seed: int = 0) -> Windows
     g = torch.Generator().manual_seed(seed)
     B = max(1, batch_tokens // n_ctx)
     x = torch.randn(B, n_ctx, d_in, generator=g)
-    doc_start = torch.zeros(B, n_ctx, dtype=torch.bool)
-    doc_start[:, 0] = True
     mask = torch.ones(B, n_ctx, dtype=torch.bool)
     mask[:, 0] = False
-    return Windows(x, torch.full((B, n_ctx), -1), doc_start, mask)
+    return Windows(x, torch.full((B, n_ctx), -1), window_starts(B, n_ctx), mask)
 
 
 def train_step_fn(sae: SAE, batch: Windows, lr: float = 1e-4, loss: LossConfig | None = None) -> Callable[[], None]:
@@ -166,9 +164,7 @@ class RandomSource:
             hi = min(lo + chunk_windows, self._n)
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + lo)
             x = torch.randn(hi - lo, self.n_ctx, self.d_in, generator=g)
-            doc_start = torch.zeros(hi - lo, self.n_ctx, dtype=torch.bool)
-            doc_start[:, 0] = True
-            yield ActivationChunk(x, torch.full((hi - lo, self.n_ctx), -1, dtype=torch.int32), doc_start)
+            yield ActivationChunk(x, torch.full((hi - lo, self.n_ctx), -1, dtype=torch.int32), window_starts(hi - lo, self.n_ctx))
 
 
 def datamodule(source: RandomSource, root: str, batch_windows: int):
@@ -205,9 +201,7 @@ class TokenBatches:
         for lo in range(start, len(self.tokens), chunk_windows):
             hi = min(lo + chunk_windows, len(self.tokens))
             x = torch.cat([self.extractor(self.tokens[i : min(i + step, hi)]) for i in range(lo, hi, step)])
-            doc_start = torch.zeros(hi - lo, self.n_ctx, dtype=torch.bool)
-            doc_start[:, 0] = True
-            yield ActivationChunk(x, self.tokens[lo:hi].int(), doc_start)
+            yield ActivationChunk(x, self.tokens[lo:hi].int(), window_starts(hi - lo, self.n_ctx))
 
 
 def bench_extraction(loaded, layer: int, n_windows: int, batch_windows: int, n_ctx: int, warmup: int, repeats: int) -> dict:
