@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from ctxsae.models.base import SAE
+from ctxsae.models.base import SAE, window_starts
 from ctxsae.train.module import OptimConfig, SAEModule
 from ctxsae.cache.dataset import Windows
 from ctxsae.train.objective import LossConfig
@@ -32,8 +32,7 @@ def fit_sae(
     """Train ``sae`` for ``steps`` Adam steps through the real SAEModule; returns the module."""
     L.seed_everything(seed, verbose=False)
     if doc_start_NT is None:
-        doc_start_NT = torch.zeros(x_NTD.shape[:2], dtype=torch.bool)
-        doc_start_NT[:, 0] = True
+        doc_start_NT = window_starts(*x_NTD.shape[:2])
     sae.init_from_data(x_NTD.reshape(-1, x_NTD.shape[-1]))
     loader = DataLoader(TensorDataset(x_NTD, doc_start_NT), batch_size=batch_windows, shuffle=True, collate_fn=_collate)
     module = SAEModule(sae, loss or LossConfig(), OptimConfig(lr=lr, warmup_steps=10, init_b_dec_tokens=0))

@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 
 from ctxsae.config import register_configs
 from ctxsae.eval.config import register_eval_config
+from ctxsae.models import ARCHITECTURES, build_sae
 from ctxsae.models.base import SAE
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -34,9 +35,14 @@ def composed(*overrides: str, config: str = "train", hydra: bool = False):
 @pytest.mark.parametrize("model", options("model"))
 def test_every_model_composes_with_its_loss_and_builds(model):
     cfg = composed(f"model={model}")
-    sae = instantiate(OmegaConf.to_container(cfg.model, resolve=True) | {"d_in": 16, "d_sae": 256})
-    assert isinstance(sae, SAE) and sae.d_sae == 256
+    cfg.model.d_in, cfg.model.d_sae = 16, 256
+    sae = build_sae(cfg.model)
+    assert isinstance(sae, SAE) and sae.architecture == model and sae.d_sae == 256
     assert instantiate(cfg.loss) is not None
+
+
+def test_every_architecture_has_its_model_config():
+    assert options("model") == sorted(ARCHITECTURES)
 
 
 @pytest.mark.parametrize("group", ["data", "lm", "loss", "trainer", "callbacks", "logger", "ablation"])

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from safetensors import safe_open
 
-from ctxsae.models.base import load_sae
+from ctxsae.models import load_sae
+from ctxsae.models.topk import TopKSAE
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = "\n".join(f"Line {i}: the quick brown fox jumps over the lazy dog. Der schnelle Fuchs {i}." for i in range(300))
@@ -41,8 +42,8 @@ def test_train_writes_summary_tensorboard_events_and_sae(tmp_path):
     assert "ctxsae run summary" in result.stdout and "held-out FVU" in result.stdout
     events = list((run_dir / "tb").rglob("events.out.tfevents.*"))
     assert events and max(e.stat().st_size for e in events) > 1000
-    sae, config = load_sae(run_dir / "sae.safetensors")
-    assert (sae.d_in, sae.d_sae, sae.k) == (64, 128, 8) and config["_target_"].endswith("TopKSAE")
+    sae = load_sae(run_dir / "sae.safetensors")
+    assert type(sae) is TopKSAE and (sae.d_in, sae.d_sae, sae.cfg.k) == (64, 128, 8)
     assert float(sae.act_scale) != 1.0  # the normalisation travels with the weights
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
 

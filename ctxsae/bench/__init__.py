@@ -37,9 +37,10 @@ import torch
 
 from ctxsae.data.source import ActivationChunk
 from ctxsae.cache.store import CacheConfig, open_or_build
-from ctxsae.models.base import SAE
-from ctxsae.models.topk import TopKSAE
 from ctxsae.cache.dataset import Windows
+from ctxsae.models import build_sae
+from ctxsae.models.base import SAE, window_starts
+from ctxsae.models.topk import TopKConfig, TopKSAE
 from ctxsae.train.objective import LossConfig, compute_loss
 
 CONTEXTUAL = {
@@ -116,11 +117,9 @@ def batch_of(d_in: int, batch_tokens: int, n_ctx: int, seed: int = 0) -> Windows
     g = torch.Generator().manual_seed(seed)
     B = max(1, batch_tokens // n_ctx)
     x = torch.randn(B, n_ctx, d_in, generator=g)
-    doc_start = torch.zeros(B, n_ctx, dtype=torch.bool)
-    doc_start[:, 0] = True
     mask = torch.ones(B, n_ctx, dtype=torch.bool)
     mask[:, 0] = False
-    return Windows(x, torch.full((B, n_ctx), -1), doc_start, mask)
+    return Windows(x, torch.full((B, n_ctx), -1), window_starts(B, n_ctx), mask)
 
 
 def train_step_fn(sae: SAE, batch: Windows, lr: float = 1e-4, loss: LossConfig | None = None) -> Callable[[], None]:
@@ -166,9 +165,7 @@ class RandomSource:
             hi = min(lo + chunk_windows, self._n)
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + lo)
             x = torch.randn(hi - lo, self.n_ctx, self.d_in, generator=g)
-            doc_start = torch.zeros(hi - lo, self.n_ctx, dtype=torch.bool)
-            doc_start[:, 0] = True
-            yield ActivationChunk(x, torch.full((hi - lo, self.n_ctx), -1, dtype=torch.int32), doc_start)
+            yield ActivationChunk(x, torch.full((hi - lo, self.n_ctx), -1, dtype=torch.int32), window_starts(hi - lo, self.n_ctx))
 
 
 def datamodule(source: RandomSource, root: str, batch_windows: int):
@@ -205,9 +202,7 @@ class TokenBatches:
         for lo in range(start, len(self.tokens), chunk_windows):
             hi = min(lo + chunk_windows, len(self.tokens))
             x = torch.cat([self.extractor(self.tokens[i : min(i + step, hi)]) for i in range(lo, hi, step)])
-            doc_start = torch.zeros(hi - lo, self.n_ctx, dtype=torch.bool)
-            doc_start[:, 0] = True
-            yield ActivationChunk(x, self.tokens[lo:hi].int(), doc_start)
+            yield ActivationChunk(x, self.tokens[lo:hi].int(), window_starts(hi - lo, self.n_ctx))
 
 
 def bench_extraction(loaded, layer: int, n_windows: int, batch_windows: int, n_ctx: int, warmup: int, repeats: int) -> dict:
@@ -271,7 +266,7 @@ def bench_cache(d_in: int, d_sae: int, k: int, batch_tokens: int, n_ctx: int, wa
         dm = datamodule(source, root, batch_windows)
         it = iter(dm.train_dataloader())
         batch = next(it)  # warm-up read: page cache filled, as in the steady state of an epoch
-        sae = TopKSAE(d_in, d_sae, k)
+        sae = TopKSAE(TopKConfig(d_in=d_in, d_sae=d_sae, k=k))
         step = train_step_fn(sae, batch)
 
         def read() -> None:
@@ -325,14 +320,14 @@ def bench_saelens(d_in: int, d_sae: int, k: int, batch_tokens: int, n_ctx: int, 
         import sae_lens as sl
     except ImportError:
         return skipped(figure, "skipped: pip install sae-lens (or pip install -e .[bench])")
-    from ctxsae.models.relu import ReLUSAE
+    from ctxsae.models.relu import ReLUConfig, ReLUSAE
 
     batch = batch_of(d_in, batch_tokens, n_ctx)
     x_ND, N = batch.x_BTD.flatten(0, 1), batch.x_BTD.shape[0] * n_ctx
     pairs = {
-        "topk": (train_step_fn(TopKSAE(d_in, d_sae, k), batch),
+        "topk": (train_step_fn(TopKSAE(TopKConfig(d_in=d_in, d_sae=d_sae, k=k)), batch),
                  saelens_step_fn(sl.TopKTrainingSAE(sl.TopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=k, device="cpu")), x_ND)),
-        "relu_l1": (train_step_fn(ReLUSAE(d_in, d_sae), batch, loss=LossConfig(sparsity=5.0)),
+        "relu_l1": (train_step_fn(ReLUSAE(ReLUConfig(d_in=d_in, d_sae=d_sae)), batch, loss=LossConfig(sparsity=5.0)),
                     saelens_step_fn(sl.StandardTrainingSAE(sl.StandardTrainingSAEConfig(d_in=d_in, d_sae=d_sae, l1_coefficient=5.0,
                                                                                         device="cpu")), x_ND)),
     }
@@ -350,7 +345,7 @@ def bench_saelens(d_in: int, d_sae: int, k: int, batch_tokens: int, n_ctx: int, 
 def bench_roofline(d_in: int, d_sae: int, k: int, batch_tokens: int, n_ctx: int, warmup: int, repeats: int) -> dict:
     batch = batch_of(d_in, batch_tokens, n_ctx)
     N = batch.x_BTD.shape[0] * n_ctx
-    step = train_step_fn(TopKSAE(d_in, d_sae, k), batch)
+    step = train_step_fn(TopKSAE(TopKConfig(d_in=d_in, d_sae=d_sae, k=k)), batch)
     a, w = torch.randn(N, d_in), torch.randn(d_in, d_sae)
     t_step, t_mm = paired_times(step, lambda: a @ w, warmup, repeats)
     achieved, dense = topk_flops(N, d_in, d_sae, k) / t_step, 2.0 * N * d_in * d_sae / t_mm
@@ -364,19 +359,12 @@ def bench_roofline(d_in: int, d_sae: int, k: int, batch_tokens: int, n_ctx: int,
 # -- 5. contextual overhead --------------------------------------------------------------------------------------
 
 
-def _import(path: str):
-    import importlib
-
-    module, name = path.rsplit(".", 1)
-    return getattr(importlib.import_module(module), name)
-
-
 def bench_contextual(d_in: int, d_sae: int, k: int, batch_tokens: int, n_ctx: int, warmup: int, repeats: int) -> dict:
     batch = batch_of(d_in, batch_tokens, n_ctx)
     per_model = {}
     for name, path in CONTEXTUAL.items():
-        ctx_step = train_step_fn(_import(path)(d_in=d_in, d_sae=d_sae, k=k), batch)
-        topk_step = train_step_fn(TopKSAE(d_in, d_sae, k), batch)
+        ctx_step = train_step_fn(build_sae({"_target_": path, "d_in": d_in, "d_sae": d_sae, "k": k}), batch)
+        topk_step = train_step_fn(TopKSAE(TopKConfig(d_in=d_in, d_sae=d_sae, k=k)), batch)
         t_topk, t_ctx = paired_times(topk_step, ctx_step, warmup, repeats)
         cost = t_ctx / t_topk
         per_model[name] = {"cost": cost, "met": cost <= 2.0, "tokens_per_s": batch.x_BTD.shape[0] * n_ctx / t_ctx,

@@ -20,7 +20,7 @@ from ctxsae.eval.run import Evaluation
 from ctxsae.extract.activations import get_attr, layout_of
 from ctxsae.metrics.language import switch_auroc
 from ctxsae.metrics.temporal import active_before, active_pattern, continuation_mask
-from ctxsae.models.base import SAE, SAEOutput
+from ctxsae.models.base import SAE, ContextualSAE, SAEOutput
 from ctxsae.train.run_dir import OpenRun
 
 # The final norm before the unembedding, by where a layout keeps its blocks (ctxsae.extract.activations.LAYOUTS).
@@ -238,7 +238,7 @@ def _pages_pass(sae: SAE, dm, cfg: EvalConfig, latents: list[int], wanted: dict[
             for p in wanted.get(w, []):
                 windows.setdefault(w, _window(w, b_cpu, n, tokenizer))
                 rows[p, w] = CodeRow(latents[p], w, _round(z_BTP[n, :, p]), _round(a_BTP[n, :, p]))
-                if hasattr(sae, "attribute"):
+                if isinstance(sae, ContextualSAE):
                     attributions[p, w] = _attribute(
                         sae, out, n, latents[p], z_BTP[n, :, p], a_BTP[n, :, p], b_cpu.mask_BT[n], w)
         seen += len(z_BTP)
@@ -305,7 +305,7 @@ def collect_site(sae: SAE, dm, cfg: BrowseConfig, extractor=None, n_ctx: int | N
         logits = logit_effects(extractor.loaded.model, sae.W_dec[latents], tokenizer, cfg.n_logits)
     else:
         notes.append("logit effect: skipped, no LM behind these activations")
-    if not hasattr(sae, "attribute"):
+    if not isinstance(sae, ContextualSAE):
         notes.append(f"attribution: {type(sae).__name__} is per-token, every effective code is its own novel code")
     fired = (spars.fires_F + spars.fires_eff_F).cpu().nonzero().flatten().tolist()
     stats = {i: _feature_stats(i, spars, temporal, peaks.onsets_F, auroc_F) for i in sorted({*fired, *latents})}
@@ -317,7 +317,7 @@ def collect_site(sae: SAE, dm, cfg: BrowseConfig, extractor=None, n_ctx: int | N
         shown = [rows[p, w] for w in ranked[i]]
         pages.append(FeaturePage(stats[i], why[i], shown, _histogram(*values[p]), logits[p], attribution))
     summary = _summary(evaluation.accumulators, dm, ev)
-    return Site(name, type(sae).__name__, sae.d_in, sae.d_sae, hasattr(sae, "attribute"), summary,
+    return Site(name, type(sae).__name__, sae.d_in, sae.d_sae, isinstance(sae, ContextualSAE), summary,
                 list(stats.values()), pages, windows, notes)
 
 

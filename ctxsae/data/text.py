@@ -1,7 +1,7 @@
 """Text sources: where the text comes from, before tokenisation.
 
-Each source is a small class that Hydra builds from ``_target_`` (plain constructor arguments only)
-with two methods:
+Each source is a small :class:`TextSource` that Hydra builds from ``_target_`` (plain constructor
+arguments only) with two methods:
 
 - ``documents()`` yields :class:`Document` s in a fixed, deterministic order;
 - ``fingerprint()`` returns a JSON-able dict of everything that determines that text (class,
@@ -20,6 +20,7 @@ ValueError) when the source is misconfigured.
 
 from __future__ import annotations
 
+import abc
 import glob
 import hashlib
 import random
@@ -44,6 +45,18 @@ class Document(NamedTuple):
     text: str
     source: str  # where it came from, e.g. "de/anekdoten" (language/file) or a dataset id
     language: str  # ISO 639-1 code, or "unknown"
+
+
+class TextSource(abc.ABC):
+    """Text to be tokenised and run through an LM (the DataModule sends every TextSource through one)."""
+
+    @abc.abstractmethod
+    def documents(self) -> Iterator[Document]:
+        """The documents, in a fixed, deterministic order."""
+
+    @abc.abstractmethod
+    def fingerprint(self) -> dict:
+        """JSON-able description of everything that determines the text (keys the activation cache)."""
 
 
 def _stat(path: Path) -> str:
@@ -91,7 +104,7 @@ def _cap(text: str, max_chars: int) -> str:
     return text[:cut] if cut > 0 else text[:max_chars]
 
 
-class FortunesSource:
+class FortunesSource(TextSource):
     """The Debian ``fortunes`` packages: en (top level), de/, es/, ru/, zh (chinese, tang300, song100).
 
     Offensive subfolders (``off/``), ``.dat`` indexes and ``.u8`` symlinks are skipped. Text is
@@ -170,7 +183,7 @@ class FortunesSource:
 _BUILDERS = ("text", "json", "parquet", "csv")  # datasets' packaged loaders for local files
 
 
-class HFSource:
+class HFSource(TextSource):
     """Rows of ``datasets.load_dataset(path, name, split=..., data_files=...)``, one document per row.
 
     ``path`` is a hub dataset id, a local dataset folder, or a packaged builder ("text", "json",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ctxsae.data.synthetic import SyntheticSource
 from ctxsae.eval.config import EvalConfig
 from ctxsae.eval.held_out import held_out_indices
 from ctxsae.metrics import synthetic
@@ -15,7 +16,7 @@ from ctxsae.models.base import SAE
 def ground_truth_figures(sae: SAE, dm, cfg: EvalConfig) -> dict | None:
     """Ground-truth figures on the held-out windows, regenerated exactly (not from the float16 cache);
     None when the data has no ground truth."""
-    if not hasattr(dm.source, "ground_truth"):
+    if not isinstance(dm.source, SyntheticSource):
         return None
     data = dm.source.ground_truth(held_out_indices(dm, cfg))
     device = next(sae.parameters()).device

@@ -11,7 +11,7 @@ from ctxsae.data.text import language_switch_windows
 from ctxsae.errors import UserError
 from ctxsae.eval.config import EvalConfig
 from ctxsae.metrics.language import SwitchWindows, switch_probe, switch_windows, with_controls
-from ctxsae.models.base import SAE
+from ctxsae.models.base import SAE, window_starts
 
 
 class ProbeCodes(NamedTuple):
@@ -26,9 +26,7 @@ def probe_codes(sae: SAE, extractor, tokens_NT: torch.Tensor, batch_windows: int
     codes, effective = [], []
     for ids in tokens_NT.split(batch_windows):
         x = sae.normalize(extractor(ids).to(device))
-        doc_start = torch.zeros(ids.shape, dtype=torch.bool, device=device)
-        doc_start[:, 0] = True  # one document: the SAE sees language A before the switch
-        out = sae(x, doc_start)
+        out = sae(x, window_starts(*ids.shape, device=device))  # one document: the SAE sees language A before the switch
         codes.append(out.codes.cpu())
         effective.append(out.effective_codes.cpu())
     return torch.cat(codes), torch.cat(effective)

@@ -15,7 +15,7 @@ from typing import Protocol
 import torch
 
 from ctxsae.cache.dataset import Windows
-from ctxsae.models.base import SAE, SAEOutput
+from ctxsae.models.base import SAE, ContextualSAE, SAEOutput
 
 
 class Accumulator(Protocol):
@@ -51,7 +51,7 @@ def held_out_accumulators(sae: SAE, cfg: MetricsConfig, device: torch.device | s
         "sparsity": Sparsity(sae.d_sae, cfg.dense_threshold, sync_on_compute=False).to(device),
         "temporal": Temporal(sae.d_sae, cfg.region_gap, cfg.region_min_len),
     }
-    if hasattr(sae, "context_stats"):
+    if isinstance(sae, ContextualSAE):
         accumulators["context"] = ContextPathway(sae)
     return accumulators
 

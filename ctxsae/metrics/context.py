@@ -7,13 +7,13 @@ share of the reconstruction energy, ...), computed per batch and averaged weight
 from __future__ import annotations
 
 from ctxsae.cache.dataset import Windows
-from ctxsae.models.base import SAE, SAEOutput
+from ctxsae.models.base import ContextualSAE, SAEOutput
 
 
 class ContextPathway:
     """Position-weighted mean of ``sae.context_stats(out)`` over the batches."""
 
-    def __init__(self, sae: SAE):
+    def __init__(self, sae: ContextualSAE):
         self.sae = sae
         self.sums: dict[str, float] = {}
         self.n = 0

@@ -54,24 +54,21 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ctxsae.models.base import SAEConfig, SAEOutput
-from ctxsae.models.topk import TopKSAE, decode_sparse, topk_relu
+from ctxsae.models.base import ContextualSAE, SAEOutput
+from ctxsae.models.topk import TopKConfig, TopKSAE, decode_masked, topk_relu
 
 
 @dataclass
-class AttentionConfig(SAEConfig):
+class AttentionConfig(TopKConfig):
     _target_: str = "ctxsae.models.attention.AttentionSAE"
-    k: int = 32  # novel codes per position
     k_values: int = 64  # per-token codes per position that later positions may carry (the values)
     n_heads: int = 4  # attention heads; feature i listens to a softmax mixture of them
     d_head: int = 16  # query/key width per head: the pathway stays small (2 d_in n_heads d_head weights)
     n_attend: int = 8  # earlier positions each head reads at each query (its best-scoring ones)
     value_rank: int = 0  # 0: per-feature carry; r > 0: ablation, rank-r cross-feature value map
     carry_init: float = -0.1  # initial carry logit rho (< 0: every feature starts closed, the model is TopK)
-    auxk_k: int = 512  # dead latents the AuxK loss may use per position
 
 
 def attention_bias(doc_start_BT: Tensor, slope_H: Tensor) -> Tensor:
@@ -84,28 +81,16 @@ def attention_bias(doc_start_BT: Tensor, slope_H: Tensor) -> Tensor:
     return torch.where(visible_B1TT, -slope_H.view(1, -1, 1, 1) * (dist_TT - 1), float("-inf"))
 
 
-def decode_where(W_dec: Tensor, codes_BTF: Tensor, mask_BTF: Tensor) -> Tensor:
-    """codes W_dec [B, T, D] from the entries under ``mask`` only (their number varies by position).
+class AttentionSAE(TopKSAE, ContextualSAE):
+    """k (``cfg.k``) novel codes per position, plus what the context carries."""
 
-    The mask, not codes != 0, says which entries take part: a carried value that is exactly 0
-    (a closed carry) must still pass its gradient on.
-    """
-    mask_NF = mask_BTF.flatten(0, 1)
-    row, col = mask_NF.nonzero(as_tuple=True)
-    counts_N = mask_NF.sum(-1)
-    out_ND = decode_sparse(W_dec, col, codes_BTF.flatten(0, 1)[row, col], counts_N.cumsum(0) - counts_N)
-    return out_ND.view(*codes_BTF.shape[:2], -1)
+    architecture = "attention"
+    config_class = AttentionConfig
+    cfg: AttentionConfig
 
-
-class AttentionSAE(TopKSAE):
-    unit_norm_decoder = True
-
-    def __init__(
-        self, d_in: int, d_sae: int, k: int = 32, k_values: int = 64, n_heads: int = 4, d_head: int = 16,
-        n_attend: int = 8, value_rank: int = 0, carry_init: float = -0.1, auxk_k: int = 512,
-    ):
-        super().__init__(d_in, d_sae, k, auxk_k)
-        self.k_values, self.n_heads, self.d_head, self.n_attend = k_values, n_heads, d_head, n_attend
+    def __init__(self, cfg: AttentionConfig):
+        super().__init__(cfg)
+        d_in, d_sae, n_heads, d_head = cfg.d_in, cfg.d_sae, cfg.n_heads, cfg.d_head
         # At init the scores are the recency bias alone (W_q = 0): head h reads the last ~1/slope_h
         # positions, slopes geometric as in ALiBi, so the majority rule has features to pass and the
         # closed carry gets a gradient from the first step. Content (q.k) is learnt from there.
@@ -116,11 +101,11 @@ class AttentionSAE(TopKSAE):
         self.null_logit = nn.Parameter(torch.full((n_heads,), -1.0))  # the previous position outweighs the null slot
         self.slope = nn.Parameter(2.0 ** -torch.arange(n_heads, dtype=torch.float32) * 2)  # score -= slope (t - s - 1)
         self.head_logit = nn.Parameter(torch.zeros(n_heads, d_sae))  # pi: which heads feature i listens to
-        self.carry_logit = nn.Parameter(torch.full((d_sae,), float(carry_init)))  # rho: feature i carried iff > 0
+        self.carry_logit = nn.Parameter(torch.full((d_sae,), float(cfg.carry_init)))  # rho: feature i carried iff > 0
         self.value_A = self.value_B = None
-        if value_rank > 0:
-            self.value_A = nn.Parameter(torch.randn(d_sae, value_rank) / math.sqrt(d_sae))
-            self.value_B = nn.Parameter(torch.zeros(value_rank, d_sae))
+        if cfg.value_rank > 0:
+            self.value_A = nn.Parameter(torch.randn(d_sae, cfg.value_rank) / math.sqrt(d_sae))
+            self.value_B = nn.Parameter(torch.zeros(cfg.value_rank, d_sae))
 
     def gain(self) -> Tensor:
         """g [H, F] = open_i pi_hi, open_i = 1[rho_i > 0] with the gradient passed straight through to rho."""
@@ -128,21 +113,22 @@ class AttentionSAE(TopKSAE):
         open_F = (rho > 0).to(rho.dtype) + (rho - rho.detach())
         return self.head_logit.softmax(0) * open_F
 
-    def forward(self, x_BTD: Tensor, doc_start_BT: Tensor | None = None) -> SAEOutput:
+    def forward(self, x_BTD: Tensor, doc_start_BT: Tensor) -> SAEOutput:
+        """aux: "context" c [B, T, F]; "weights" [B, H, T, 1 + R] (the null slot first), "positions"
+        [B, H, T, R], "features" and "contributions" [B, H, T, R, Kv] of each head's attended
+        candidates, for ``attribute`` and ``context_stats``."""
         B, T, _ = x_BTD.shape
-        H, R, Kv, Fs = self.n_heads, min(self.n_attend, T), self.k_values, self.d_sae
-        if doc_start_BT is None:
-            doc_start_BT = torch.zeros(B, T, dtype=torch.bool, device=x_BTD.device)
-            doc_start_BT[:, 0] = True
+        H, R, Kv, Fs = self.cfg.n_heads, min(self.cfg.n_attend, T), self.cfg.k_values, self.d_sae
+        d_head = self.cfg.d_head
 
         # Values: what the encoder sees at each position without context, as (feature, value) pairs.
         uv_BTK, ui_BTK = topk_relu(self.pre_acts(x_BTD), Kv)
 
         # Each head reads the null slot and its R best-scoring earlier positions of the document.
         xc_BTD = x_BTD - self.b_dec
-        q_BHTd = (xc_BTD @ self.W_q + self.b_q).view(B, T, H, self.d_head).transpose(1, 2)
-        k_BHTd = (xc_BTD @ self.W_k).view(B, T, H, self.d_head).transpose(1, 2)
-        scale = 1 / math.sqrt(self.d_head)
+        q_BHTd = (xc_BTD @ self.W_q + self.b_q).view(B, T, H, d_head).transpose(1, 2)
+        k_BHTd = (xc_BTD @ self.W_k).view(B, T, H, d_head).transpose(1, 2)
+        scale = 1 / math.sqrt(d_head)
         scores_BHTT = scale * q_BHTd @ k_BHTd.transpose(-1, -2) + attention_bias(doc_start_BT, self.slope)
         null_BHT1 = scale * (q_BHTd * self.k_null[None, :, None]).sum(-1, keepdim=True) + self.null_logit[:, None, None]
         top_BHTR, pos_BHTR = scores_BHTT.topk(R, dim=-1)
@@ -175,15 +161,12 @@ class AttentionSAE(TopKSAE):
         carried_BTF = torch.zeros_like(c_BTF).scatter_add(-1, feat_BTC, per_position(carry_BHTRK).to(c_BTF.dtype)) > 0
 
         # Novel codes from what the context leaves unexplained.
-        cW_BTD = decode_where(self.W_dec, c_BTF, carried_BTF)
-        pre_BTF = self.pre_acts(x_BTD - cW_BTD)
-        zv_BTK, zi_BTK = topk_relu(pre_BTF, self.k)
-        z_BTF = torch.zeros_like(pre_BTF).scatter(-1, zi_BTK, zv_BTK)
-        zW_BTD = decode_sparse(self.W_dec, zi_BTK.flatten(0, 1), zv_BTK.flatten(0, 1)).view_as(x_BTD)
+        cW_BTD = decode_masked(self.W_dec, c_BTF, carried_BTF)
+        pre_BTF, z_BTF, zW_BTD = self.topk_code(x_BTD - cW_BTD)
         recon_BTD = zW_BTD + cW_BTD + self.b_dec
-        aux = {"pre_acts": pre_BTF, "context": c_BTF, "weights": w_BHT1R, "positions": pos_BHTR,
-               "features": feat_BHTRK, "contributions": contrib_BHTRK}
-        return SAEOutput(z_BTF, z_BTF + c_BTF, recon_BTD, aux)
+        aux = {"context": c_BTF, "weights": w_BHT1R, "positions": pos_BHTR, "features": feat_BHTRK,
+               "contributions": contrib_BHTRK}
+        return SAEOutput(z_BTF, z_BTF + c_BTF, recon_BTD, pre_BTF, aux)
 
     # -- reading the context pathway ----------------------------------------------------------------
     @torch.no_grad()

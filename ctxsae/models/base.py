@@ -1,16 +1,15 @@
 """The one interface every SAE shares.
 
-An SAE maps a window of activations ``x_BTD`` (batch, positions, d_in) to three things:
+An SAE maps a window of activations ``x_BTD`` (batch, positions, d_in) and its document starts
+``doc_start_BT`` to an ``SAEOutput``: sparse novel codes, effective codes, the reconstruction and the
+encoder's pre-activations. A per-token SAE ignores T and returns ``effective_codes is codes``. A
+``ContextualSAE`` is strictly causal, resets its context wherever ``doc_start_BT`` is True, and
+declares how to read its context pathway (``attribute``, ``context_stats``).
 
-* ``codes`` [B, T, F]: the sparse *novel* codes. The sparsity objective (L1, L0 or a TopK
-  constraint) applies here and only here.
-* ``effective_codes`` [B, T, F]: what is active at each position once context is added back,
-  in the same dictionary basis. The decoder reads these.
-* ``reconstruction`` [B, T, D] = ``effective_codes @ W_dec + b_dec`` (plus any context term a
-  variant documents).
-
-A per-token SAE ignores T and returns ``effective_codes is codes``. A contextual SAE is strictly
-causal and resets its context wherever ``doc_start_BT`` is True.
+Every variant is built from its config dataclass (``TopKSAE(TopKConfig(d_in=..., k=...))``), so each
+default is written once, there. Each names its ``architecture`` ("topk", "recurrent", ...: the
+names of ``conf/model/*.yaml``); the names fill a registry, and a saved file names its architecture
+rather than a module path, so moving code does not break old runs.
 
 Inputs are expected *normalised*: the training data path scales raw activations by
 ``act_scale`` (so that E|x|^2 = d_in). The scale is a buffer, so it is saved with the weights
@@ -19,54 +18,119 @@ and ``normalize``/``denormalize`` apply it to raw activations later.
 
 from __future__ import annotations
 
+import abc
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 
 class SAEOutput(NamedTuple):
-    codes: Tensor  # [B, T, F] sparse novel codes
-    effective_codes: Tensor  # [B, T, F] codes after context; what the decoder reads
-    reconstruction: Tensor  # [B, T, D]
-    aux: dict[str, Tensor]  # variant-specific tensors (pre-activations, state, attention)
+    """What an SAE computes for a batch of windows (F = d_sae latents, D = d_in).
+
+    codes:           [B, T, F] sparse *novel* codes: what is new at each position. The sparsity
+                     objective (L1, L0 or a TopK constraint) applies here and only here.
+    effective_codes: [B, T, F] what is active at each position once context is added back, in the
+                     same dictionary basis; the decoder reads these. ``is codes`` for per-token SAEs.
+    reconstruction:  [B, T, D] effective_codes W_dec + b_dec (plus any context term a variant documents).
+    pre_acts:        [B, T, F] the encoder's pre-activations before its nonlinearity, for the input
+                     the novel codes were chosen from: AuxK ranks dead latents by them, JumpReLU's L0
+                     counts them.
+    aux:             variant-specific tensors that only the variant itself reads back (held values,
+                     attention weights, ...); each variant's ``forward`` lists its keys.
+    """
+
+    codes: Tensor
+    effective_codes: Tensor
+    reconstruction: Tensor
+    pre_acts: Tensor
+    aux: dict[str, Tensor]
 
 
 @dataclass
 class SAEConfig:
-    """Fields every SAE config has. ``d_in=None`` means: take it from the activation cache."""
+    """Fields every SAE config has. ``d_in=None`` means: take it from the activation cache (training
+    fills it in before building the SAE). ``_target_`` names the SAE class for ``build_sae``."""
 
     _target_: str = "???"
     d_in: int | None = None
     d_sae: int = 2304
 
 
-class SAE(nn.Module):
-    """Encoder/decoder weights, initialisation and (de)serialisation shared by all variants."""
+#: architecture name -> SAE class; every concrete variant adds itself when its module is imported.
+ARCHITECTURES: dict[str, type[SAE]] = {}
 
+
+def window_starts(B: int, T: int, device: torch.device | str | None = None) -> Tensor:
+    """doc_start [B, T] for windows that each hold one document: True at t = 0 only."""
+    doc_start_BT = torch.zeros(B, T, dtype=torch.bool, device=device)
+    doc_start_BT[:, 0] = True
+    return doc_start_BT
+
+
+class SAE(nn.Module, abc.ABC):
+    """Encoder/decoder weights, initialisation and (de)serialisation shared by all variants.
+
+    A variant sets ``architecture`` (its name in saved files and in ``conf/model``) and
+    ``config_class``, takes one instance of that config, and implements ``forward``. Callers call the
+    module, ``sae(x_BTD, doc_start_BT)``, which normalises doc_start before ``forward`` sees it.
+    """
+
+    #: The variant's name in the registry, in saved files and in conf/model/<name>.yaml.
+    architecture: ClassVar[str]
+    #: The config dataclass the variant is built from; its fields hold every default.
+    config_class: ClassVar[type[SAEConfig]] = SAEConfig
     #: Whether training keeps decoder rows at unit norm (and removes the parallel gradient).
-    unit_norm_decoder: bool = True
+    unit_norm_decoder: ClassVar[bool] = True
 
-    def __init__(self, d_in: int, d_sae: int):
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "architecture" in cls.__dict__:
+            if cls.architecture in ARCHITECTURES:
+                raise TypeError(f"{cls.__qualname__}: architecture {cls.architecture!r} is already {ARCHITECTURES[cls.architecture].__qualname__}")
+            ARCHITECTURES[cls.architecture] = cls
+
+    def __init__(self, cfg: SAEConfig):
         super().__init__()
-        if d_in is None:
+        if cfg.d_in is None:
             raise ValueError("SAE d_in is unset: build SAEs through ctxsae.train (it reads d_in from the cache) or pass model.d_in")
-        self.d_in, self.d_sae = d_in, d_sae
-        W_dec = torch.randn(d_sae, d_in)
+        self.cfg = cfg
+        W_dec = torch.randn(cfg.d_sae, cfg.d_in)
         W_dec /= W_dec.norm(dim=1, keepdim=True)
         self.W_dec = nn.Parameter(W_dec)
         # Encoder starts as the decoder transpose (Conerly et al.; Gao et al.): good early codes.
         self.W_enc = nn.Parameter(W_dec.T.clone())
-        self.b_enc = nn.Parameter(torch.zeros(d_sae))
-        self.b_dec = nn.Parameter(torch.zeros(d_in))
+        self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
         self.register_buffer("act_scale", torch.ones(()))
 
+    @property
+    def d_in(self) -> int:
+        return self.cfg.d_in
+
+    @property
+    def d_sae(self) -> int:
+        return self.cfg.d_sae
+
     # -- the interface ---------------------------------------------------------------------
-    def forward(self, x_BTD: Tensor, doc_start_BT: Tensor | None = None) -> SAEOutput:
-        raise NotImplementedError
+    def __call__(self, x_BTD: Tensor, doc_start_BT: Tensor) -> SAEOutput:
+        """``forward`` with ``doc_start_BT`` checked and normalised once, here, for every variant.
+
+        doc_start_BT [B, T] marks where a document starts; it becomes bool and True at t = 0
+        (nothing before a window reaches it), so variants read it as given and never build a default.
+        """
+        if doc_start_BT.shape != x_BTD.shape[:2]:
+            raise ValueError(f"doc_start_BT has shape {tuple(doc_start_BT.shape)}; x_BTD needs [B, T] = {tuple(x_BTD.shape[:2])}")
+        doc_start_BT = doc_start_BT.to(torch.bool, copy=True)
+        doc_start_BT[:, 0] = True
+        return super().__call__(x_BTD, doc_start_BT)
+
+    @abc.abstractmethod
+    def forward(self, x_BTD: Tensor, doc_start_BT: Tensor) -> SAEOutput:
+        """Codes and reconstruction of normalised inputs x_BTD; doc_start_BT as ``__call__`` normalises it."""
 
     def sparsity_penalty(self, out: SAEOutput) -> Tensor:
         """Per-position sparsity cost [B, T] of ``out.codes``; zero where sparsity is structural (TopK)."""
@@ -113,28 +177,32 @@ class SAE(nn.Module):
         return x / self.act_scale
 
     # -- saving ------------------------------------------------------------------------------
-    def save(self, path: str | Path, config: dict) -> None:
-        """Write weights + buffers and the resolved model config as one safetensors file, atomically."""
+    def save(self, path: str | Path) -> None:
+        """Write weights + buffers as one safetensors file, atomically, with metadata naming the
+        architecture and the config fields (``_target_`` aside: the architecture names the class)."""
         from safetensors.torch import save_file
 
+        if ARCHITECTURES.get(getattr(self, "architecture", None)) is not type(self):
+            raise TypeError(f"{type(self).__qualname__} sets no architecture of its own: give it one to save it")
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(tensors, str(tmp), metadata={"config": json.dumps(config)})
+        config = {k: v for k, v in asdict(self.cfg).items() if k != "_target_"}
+        save_file(tensors, str(tmp), metadata={"architecture": self.architecture, "config": json.dumps(config)})
         tmp.replace(path)
 
 
-def load_sae(path: str | Path, map_location: str = "cpu") -> tuple[SAE, dict]:
-    """Rebuild an SAE from a file written by ``SAE.save``: its config's ``_target_`` names the class."""
-    from hydra.utils import instantiate
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+class ContextualSAE(SAE):
+    """An SAE whose codes at position t also read earlier positions of t's document.
 
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no SAE file at {path}: pass the sae.safetensors of a finished run")
-    with safe_open(str(path), framework="pt") as f:
-        config = json.loads(f.metadata()["config"])
-    sae = instantiate(config)
-    sae.load_state_dict(load_file(str(path), device=map_location))
-    return sae, config
+    It is strictly causal (nothing at s > t reaches the outputs at t) and resets at every document
+    start. Its effective codes are made of novel codes from several positions, and it says which.
+    """
+
+    @abc.abstractmethod
+    def attribute(self, out: SAEOutput, b: int, t: int, i: int) -> list[tuple[int, float]]:
+        """(position s <= t, contribution) pairs that sum to out.effective_codes[b, t, i]."""
+
+    @abc.abstractmethod
+    def context_stats(self, out: SAEOutput) -> dict[str, float]:
+        """Size and use of the context pathway over all positions of ``out`` (JSON-able figures)."""

@@ -35,18 +35,21 @@ class BatchTopKConfig(TopKConfig):
 
 
 class BatchTopKSAE(TopKSAE):
-    def __init__(self, d_in: int, d_sae: int, k: int = 32, auxk_k: int = 512, threshold_momentum: float = 0.01):
-        super().__init__(d_in, d_sae, k, auxk_k)
-        self.threshold_momentum = threshold_momentum
+    architecture = "batchtopk"
+    config_class = BatchTopKConfig
+    cfg: BatchTopKConfig
+
+    def __init__(self, cfg: BatchTopKConfig):
+        super().__init__(cfg)
         # 0 = not yet estimated: inference is then a plain ReLU, and the first batch sets it.
         self.register_buffer("threshold", torch.zeros(()))
 
-    def forward(self, x_BTD: Tensor, doc_start_BT: Tensor | None = None) -> SAEOutput:
+    def forward(self, x_BTD: Tensor, doc_start_BT: Tensor) -> SAEOutput:
         pre_BTF = self.pre_acts(x_BTD)
         pre_flat = pre_BTF.reshape(-1)
         n_tokens = x_BTD.shape[0] * x_BTD.shape[1]
         if self.training:
-            vals, idx = topk_relu(pre_flat, self.k * n_tokens)
+            vals, idx = topk_relu(pre_flat, self.cfg.k * n_tokens)
             self._update_threshold(vals)
             idx, order = idx.sort()  # decode_sparse wants each position's entries together
             vals = vals[order]
@@ -57,7 +60,7 @@ class BatchTopKSAE(TopKSAE):
         codes_BTF = torch.zeros_like(pre_flat).scatter(0, idx, vals).view_as(pre_BTF)
         offsets = torch.searchsorted(pos, torch.arange(n_tokens, device=pos.device))
         recon_BTD = decode_sparse(self.W_dec, latent, vals, offsets).view_as(x_BTD) + self.b_dec
-        return SAEOutput(codes_BTF, codes_BTF, recon_BTD, {"pre_acts": pre_BTF})
+        return SAEOutput(codes_BTF, codes_BTF, recon_BTD, pre_BTF, {})
 
     @torch.no_grad()
     def _update_threshold(self, kept_vals: Tensor) -> None:
@@ -65,4 +68,4 @@ class BatchTopKSAE(TopKSAE):
         if not torch.isfinite(kept_min):  # nothing fired in this batch: no information
             return
         unset = self.threshold == 0
-        self.threshold.copy_(torch.where(unset, kept_min, self.threshold.lerp(kept_min, self.threshold_momentum)))
+        self.threshold.copy_(torch.where(unset, kept_min, self.threshold.lerp(kept_min, self.cfg.threshold_momentum)))

@@ -86,22 +86,23 @@ class Step(torch.autograd.Function):
 
 
 class JumpReLUSAE(SAE):
-    unit_norm_decoder = True
+    architecture = "jumprelu"
+    config_class = JumpReLUConfig
+    cfg: JumpReLUConfig
 
-    def __init__(self, d_in: int, d_sae: int, threshold_init: float = 1.0, bandwidth: float = 0.05):
-        super().__init__(d_in, d_sae)
-        self.bandwidth = bandwidth
+    def __init__(self, cfg: JumpReLUConfig):
+        super().__init__(cfg)
         # Learn log theta: theta stays positive and Adam's steps become relative changes.
-        self.log_threshold = nn.Parameter(torch.full((d_sae,), math.log(threshold_init)))
+        self.log_threshold = nn.Parameter(torch.full((cfg.d_sae,), math.log(cfg.threshold_init)))
 
     @property
     def threshold(self) -> Tensor:
         return self.log_threshold.exp()
 
-    def forward(self, x_BTD: Tensor, doc_start_BT: Tensor | None = None) -> SAEOutput:
+    def forward(self, x_BTD: Tensor, doc_start_BT: Tensor) -> SAEOutput:
         pre_BTF = self.pre_acts(x_BTD)
-        codes_BTF = JumpReLU.apply(pre_BTF, self.threshold, self.bandwidth)
-        return SAEOutput(codes_BTF, codes_BTF, self.decode(codes_BTF), {"pre_acts": pre_BTF})
+        codes_BTF = JumpReLU.apply(pre_BTF, self.threshold, self.cfg.bandwidth)
+        return SAEOutput(codes_BTF, codes_BTF, self.decode(codes_BTF), pre_BTF, {})
 
     def sparsity_penalty(self, out: SAEOutput) -> Tensor:
-        return Step.apply(out.aux["pre_acts"], self.threshold, self.bandwidth).sum(-1)
+        return Step.apply(out.pre_acts, self.threshold, self.cfg.bandwidth).sum(-1)

@@ -52,56 +52,46 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ctxsae.models.base import SAEConfig, SAEOutput
-from ctxsae.models.topk import TopKSAE, decode_sparse
+from ctxsae.models.base import ContextualSAE, SAEOutput
+from ctxsae.models.topk import TopKConfig, TopKSAE, decode_masked
 
 
 @dataclass
-class RecurrentConfig(SAEConfig):
+class RecurrentConfig(TopKConfig):
     _target_: str = "ctxsae.models.recurrent.RecurrentSAE"
-    k: int = 32  # novel codes per position: onsets, value changes and resets all count
-    auxk_k: int = 512  # dead latents the AuxK loss may use per position
     retention_init: float = 0.0  # initial retention lambda of every latent (0: context closed, the SAE starts as TopK)
     retention_speed: float = 10.0  # lambda = clamp(retention_speed * parameter): crosses [0, 1] in ~1 / (speed * lr) Adam steps
     drop_below: float = 0.1  # a held value is zeroed once it has decayed below this fraction of the value its code set
     learn_retention: bool = True  # False: lambda stays at retention_init (the fixed-retention ablation)
 
 
-class RecurrentSAE(TopKSAE):
-    unit_norm_decoder = True
+class RecurrentSAE(TopKSAE, ContextualSAE):
+    """k (``cfg.k``) novel codes per position: onsets, value changes and resets all count."""
 
-    def __init__(
-        self,
-        d_in: int,
-        d_sae: int,
-        k: int = 32,
-        auxk_k: int = 512,
-        retention_init: float = 0.0,
-        retention_speed: float = 10.0,
-        drop_below: float = 0.1,
-        learn_retention: bool = True,
-    ):
-        super().__init__(d_in, d_sae, k, auxk_k)
-        self.retention_speed, self.drop_below = retention_speed, drop_below
+    architecture = "recurrent"
+    config_class = RecurrentConfig
+    cfg: RecurrentConfig
+
+    def __init__(self, cfg: RecurrentConfig):
+        super().__init__(cfg)
         # Adam moves every parameter by about lr per step, which suits weights of size ~1/sqrt(d) but
         # would leave lambda, which must cross [0, 1], closed for ~1/lr steps: it is stored scaled down.
-        self.retention_raw = nn.Parameter(torch.full((d_sae,), retention_init / retention_speed), requires_grad=learn_retention)
+        self.retention_raw = nn.Parameter(torch.full((cfg.d_sae,), cfg.retention_init / cfg.retention_speed),
+                                          requires_grad=cfg.learn_retention)
 
     def retention(self) -> Tensor:
         """lambda [F] in [0, 1], with the gradient passed straight through the clamp."""
-        r_F = self.retention_speed * self.retention_raw
+        r_F = self.cfg.retention_speed * self.retention_raw
         return r_F.clamp(0, 1) + (r_F - r_F.detach())
 
-    def forward(self, x_BTD: Tensor, doc_start_BT: Tensor | None = None) -> SAEOutput:
-        B, T, _ = x_BTD.shape
+    def forward(self, x_BTD: Tensor, doc_start_BT: Tensor) -> SAEOutput:
+        """aux: "retention", lambda [F] (detached), for ``attribute``."""
+        B = x_BTD.shape[0]
         pre_BTF = self.pre_acts(x_BTD)
         # Time-major, so each step reads one contiguous [B, F] slice.
         u_TBF = pre_BTF.relu().transpose(0, 1).contiguous()
-        # Context enters position t only if t continues the document of t - 1.
-        carry_TB1 = torch.ones(T, B, 1, dtype=torch.bool, device=x_BTD.device)
-        if doc_start_BT is not None:
-            carry_TB1 = ~doc_start_BT.T[..., None]
-        carry_TB1[0] = False
+        # Context enters position t only if t continues the document of t - 1 (never at t = 0).
+        carry_TB1 = ~doc_start_BT.T[..., None]
         # Straight through the clamp: a latent at lambda = 0 still learns whether holding would help.
         lam_TBF = carry_TB1 * self.retention()  # 0 across a document start
 
@@ -111,13 +101,13 @@ class RecurrentSAE(TopKSAE):
         for u_BF, lam_BF in zip(u_TBF.unbind(0), lam_TBF.unbind(0)):
             with torch.no_grad():
                 age_BF = age_BF * lam_BF
-                drop_BF = age_BF < self.drop_below
+                drop_BF = age_BF < self.cfg.drop_below
             # Forward: lambda a where the value survives, 0 where it is dropped. The gradient reaches
             # lambda either way: would the dropped remainder have been worth keeping?
             h_BF = (lam_BF - (lam_BF * drop_BF).detach()) * a_BF
             with torch.no_grad():
                 diff_BF = u_BF - h_BF
-                idx_BK = diff_BF.abs().topk(self.k, dim=-1, sorted=False).indices
+                idx_BK = diff_BF.abs().topk(self.cfg.k, dim=-1, sorted=False).indices
                 # A zero difference that makes the top k is no code, and must not re-set the age.
                 chosen_BF = torch.zeros_like(diff_BF, dtype=torch.bool).scatter_(-1, idx_BK, True) & (diff_BF != 0)
                 age_BF = torch.where(chosen_BF, 1.0, age_BF.masked_fill(drop_BF, 0.0))
@@ -127,25 +117,18 @@ class RecurrentSAE(TopKSAE):
             effective.append(a_BF)
         a_TBF = torch.stack(effective)
         z_TBF = torch.where(torch.stack(chosen), u_TBF - torch.stack(held), 0.0)
-        recon_TBD = self.decode_effective(a_TBF, carry_TB1).view(T, B, -1) + self.b_dec
-        return SAEOutput(
-            z_TBF.transpose(0, 1), a_TBF.transpose(0, 1), recon_TBD.transpose(0, 1),
-            {"pre_acts": pre_BTF, "retention": self.retention().detach()},
-        )
-
-    def decode_effective(self, a_TBF: Tensor, carry_TB1: Tensor) -> Tensor:
-        """a W_dec [T*B, D], summing only the entries that are non-zero or could have been carried.
-
-        Skipping exact zeros is what makes decoding cheap (as in TopK), but an entry that is 0 only
-        because its previous value was not held must still receive its gradient: it is what tells
-        the retention whether holding would have helped.
-        """
+        # Decode only the entries that are non-zero or could have been carried: skipping exact zeros
+        # is what makes decoding cheap (as in TopK), but an entry that is 0 only because its previous
+        # value was not held must still receive its gradient, which tells the retention whether
+        # holding would have helped.
         active_TBF = a_TBF != 0
         carriable_TBF = torch.zeros_like(active_TBF)
         carriable_TBF[1:] = active_TBF[:-1] & carry_TB1[1:]
-        row, col = (active_TBF | carriable_TBF).flatten(0, 1).nonzero(as_tuple=True)
-        counts_N = (active_TBF | carriable_TBF).flatten(0, 1).sum(-1)
-        return decode_sparse(self.W_dec, col, a_TBF.flatten(0, 1)[row, col], counts_N.cumsum(0) - counts_N)
+        recon_TBD = decode_masked(self.W_dec, a_TBF, active_TBF | carriable_TBF) + self.b_dec
+        return SAEOutput(
+            z_TBF.transpose(0, 1), a_TBF.transpose(0, 1), recon_TBD.transpose(0, 1), pre_BTF,
+            {"retention": self.retention().detach()},
+        )
 
     # -- reading the context pathway ----------------------------------------------------------------
     @staticmethod
@@ -185,7 +168,7 @@ class RecurrentSAE(TopKSAE):
         return {
             "context_params": float(self.retention_raw.numel()),
             "mean_retention": lam_F.mean().item(),
-            "holding_latent_fraction": (lam_F >= self.drop_below).float().mean().item(),
+            "holding_latent_fraction": (lam_F >= self.cfg.drop_below).float().mean().item(),
             "exact_hold_fraction": (lam_F == 1).float().mean().item(),
             "context_energy_share": ((C * R).sum() / R.pow(2).sum().clamp_min(1e-12)).item(),
             "carried_fraction": (carried.sum() / active.sum().clamp_min(1)).item(),

@@ -26,19 +26,23 @@ class ReLUConfig(SAEConfig):
 
 
 class ReLUSAE(SAE):
+    architecture = "relu"
+    config_class = ReLUConfig
+    cfg: ReLUConfig
     unit_norm_decoder = False
 
-    def __init__(self, d_in: int, d_sae: int, decoder_init_norm: float = 0.1):
-        super().__init__(d_in, d_sae)
+    def __init__(self, cfg: ReLUConfig):
+        super().__init__(cfg)
         # Anthropic start rows short (0.05-1 worked for them; they use 0.1) with W_enc = W_dec^T:
         # early codes are then small, so the first steps learn directions rather than fight the L1.
         with torch.no_grad():
-            self.W_dec.mul_(decoder_init_norm)
+            self.W_dec.mul_(cfg.decoder_init_norm)
             self.W_enc.copy_(self.W_dec.T)
 
-    def forward(self, x_BTD: Tensor, doc_start_BT: Tensor | None = None) -> SAEOutput:
-        codes_BTF = self.pre_acts(x_BTD).relu()
-        return SAEOutput(codes_BTF, codes_BTF, self.decode(codes_BTF), {})
+    def forward(self, x_BTD: Tensor, doc_start_BT: Tensor) -> SAEOutput:
+        pre_BTF = self.pre_acts(x_BTD)
+        codes_BTF = pre_BTF.relu()
+        return SAEOutput(codes_BTF, codes_BTF, self.decode(codes_BTF), pre_BTF, {})
 
     def sparsity_penalty(self, out: SAEOutput) -> Tensor:
         # Codes are non-negative, so |z| = z and the weighted L1 is one matrix-vector product.

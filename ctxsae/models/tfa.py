@@ -46,18 +46,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ctxsae.models.base import SAEConfig, SAEOutput
-from ctxsae.models.topk import TopKSAE, decode_sparse, topk_relu
+from ctxsae.models.base import ContextualSAE, SAEOutput
+from ctxsae.models.topk import TopKConfig, TopKSAE
 
 
 @dataclass
-class TFAConfig(SAEConfig):
+class TFAConfig(TopKConfig):
     _target_: str = "ctxsae.models.tfa.TFASAE"
-    k: int = 32  # novel codes per position (TopK of the residual's codes)
     n_heads: int = 4  # attention heads
     bottleneck_factor: int = 64  # query/key width = d_sae // bottleneck_factor (reference default 64)
     d_value: int = 0  # width of the value/output maps; 0: d_sae, as in the reference
-    auxk_k: int = 512  # dead latents the AuxK loss may use per position
 
 
 def shifted_doc_mask(doc_start_BT: Tensor) -> Tensor:
@@ -74,22 +72,24 @@ def scaled_columns(d_in: int, d_out: int, norm: float) -> Tensor:
     return W / W.norm(dim=0, keepdim=True) * norm
 
 
-class TFASAE(TopKSAE):
-    unit_norm_decoder = True
+class TFASAE(TopKSAE, ContextualSAE):
+    """k (``cfg.k``) novel codes per position: TopK of the residual's codes."""
+
+    architecture = "tfa"
+    config_class = TFAConfig
+    cfg: TFAConfig
     eps = 1e-6  # added to |d_t| in beta, as in the reference
 
-    def __init__(
-        self, d_in: int, d_sae: int, k: int = 32, n_heads: int = 4, bottleneck_factor: int = 64, d_value: int = 0,
-        auxk_k: int = 512,
-    ):
-        super().__init__(d_in, d_sae, k, auxk_k)
-        d_qk, d_v = d_sae // bottleneck_factor, d_value or d_sae
+    def __init__(self, cfg: TFAConfig):
+        super().__init__(cfg)
+        d_sae, n_heads = cfg.d_sae, cfg.n_heads
+        d_qk, d_v = d_sae // cfg.bottleneck_factor, cfg.d_value or d_sae
         if d_qk < n_heads or d_qk % n_heads or d_v % n_heads:
             raise ValueError(
                 f"d_sae // bottleneck_factor = {d_qk} and d_value = {d_v} must be positive multiples of n_heads = {n_heads}:"
                 " lower model.bottleneck_factor or model.n_heads"
             )
-        self.n_heads, self.d_qk, self.d_v = n_heads, d_qk, d_v
+        self.d_qk, self.d_v = d_qk, d_v
         self.W_q = nn.Parameter(scaled_columns(d_sae, d_qk, 1 / math.sqrt(d_qk // n_heads)))
         self.W_k = nn.Parameter(scaled_columns(d_sae, d_qk, 1 / math.sqrt(d_qk // n_heads)))
         self.W_v = nn.Parameter(scaled_columns(d_sae, d_v, 1 / math.sqrt(d_v // n_heads)))
@@ -100,13 +100,12 @@ class TFASAE(TopKSAE):
 
     def heads(self, t_BTX: Tensor) -> Tensor:
         B, T, X = t_BTX.shape
-        return t_BTX.view(B, T, self.n_heads, X // self.n_heads).transpose(1, 2)
+        return t_BTX.view(B, T, self.cfg.n_heads, X // self.cfg.n_heads).transpose(1, 2)
 
-    def forward(self, x_BTD: Tensor, doc_start_BT: Tensor | None = None) -> SAEOutput:
+    def forward(self, x_BTD: Tensor, doc_start_BT: Tensor) -> SAEOutput:
+        """aux: "predicted" pred [B, T, F], "attn_out" o [B, T, F], "beta" [B, T, 1], the heads' "q",
+        "k", "v" and the slot "mask" [B, 1, T, T], for ``attribute`` and ``context_stats``."""
         B, T, _ = x_BTD.shape
-        if doc_start_BT is None:
-            doc_start_BT = torch.zeros(B, T, dtype=torch.bool, device=x_BTD.device)
-            doc_start_BT[:, 0] = True
 
         # Context: the input's codes shifted by one; the slot at a document start is empty.
         u_BTF = self.pre_acts(x_BTD).relu()
@@ -127,14 +126,11 @@ class TFASAE(TopKSAE):
         x_pred_BTD = self.gain * beta_BT1 * d_BTD
 
         # Novel part: TopK of the codes of what the prediction leaves.
-        pre_BTF = self.pre_acts(x_BTD - x_pred_BTD)
-        zv_BTK, zi_BTK = topk_relu(pre_BTF, self.k)
-        z_BTF = torch.zeros_like(pre_BTF).scatter(-1, zi_BTK, zv_BTK)
-        zW_BTD = decode_sparse(self.W_dec, zi_BTK.flatten(0, 1), zv_BTK.flatten(0, 1)).view_as(x_BTD)
+        pre_BTF, z_BTF, zW_BTD = self.topk_code(x_BTD - x_pred_BTD)
         recon_BTD = zW_BTD + x_pred_BTD + self.b_dec
-        aux = {"pre_acts": pre_BTF, "predicted": pred_BTF, "attn_out": o_BTF, "beta": beta_BT1,
-               "q": q_BHTd, "k": k_BHTd, "v": v_BHTv, "mask": mask_B1TT}
-        return SAEOutput(z_BTF, pred_BTF + z_BTF, recon_BTD, aux)
+        aux = {"predicted": pred_BTF, "attn_out": o_BTF, "beta": beta_BT1, "q": q_BHTd, "k": k_BHTd, "v": v_BHTv,
+               "mask": mask_B1TT}
+        return SAEOutput(z_BTF, pred_BTF + z_BTF, recon_BTD, pre_BTF, aux)
 
     def attention_weights(self, out: SAEOutput) -> Tensor:
         """w [B, H, T, T] over slots (slot s holds position s - 1; an empty slot at a document start)."""
@@ -156,7 +152,7 @@ class TFASAE(TopKSAE):
         scale = (self.gain * out.aux["beta"][b, t, 0]).item()
         if out.aux["attn_out"][b, t, i] > 0 and scale != 0:
             w_HS = self.attention_weights(out)[b, :, t]
-            Wo_Hv = self.W_o[:, i].view(self.n_heads, -1)
+            Wo_Hv = self.W_o[:, i].view(self.cfg.n_heads, -1)
             per_slot_S = scale * torch.einsum("hs,hsv,hv->s", w_HS, out.aux["v"][b], Wo_Hv)
             doc_start = int(out.aux["mask"][b, 0, t].nonzero()[0])  # the first slot t sees is its empty slot
             contrib_S[:t] = per_slot_S[1 : t + 1]

@@ -9,6 +9,8 @@ reconstruct the error the live latents left behind (loss coefficient ~ 1/32).
 
 Only k of d_sae codes are non-zero, so the decoder gathers k rows per position instead of
 multiplying by a mostly-zero matrix (``decode_sparse``). The dense codes are still returned.
+The contextual variants built on TopK reuse its code (``TopKSAE.topk_code``) for their novel codes,
+and ``decode_masked`` for decoding context values whose support is not a fixed k.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from ctxsae.models.base import SAE, SAEConfig, SAEOutput
 @dataclass
 class TopKConfig(SAEConfig):
     _target_: str = "ctxsae.models.topk.TopKSAE"
-    k: int = 32  # active latents per position
+    k: int = 32  # active latents per position (novel codes per position in the contextual variants)
     auxk_k: int = 512  # dead latents the AuxK loss may use per position
 
 
@@ -50,20 +52,35 @@ def decode_sparse(W_dec: Tensor, idx: Tensor, vals: Tensor, offsets: Tensor | No
     return F.embedding_bag(idx, W_dec, offsets, mode="sum", per_sample_weights=vals)
 
 
+def decode_masked(W_dec: Tensor, codes_BTF: Tensor, mask_BTF: Tensor) -> Tensor:
+    """codes W_dec [B, T, D] from the entries under ``mask`` only (their number varies by position).
+
+    The mask, not codes != 0, says which entries take part: an entry that is exactly 0 but could
+    have been non-zero (a closed carry, a value not held) must still pass its gradient on.
+    """
+    mask_NF = mask_BTF.flatten(0, 1)
+    row, col = mask_NF.nonzero(as_tuple=True)
+    counts_N = mask_NF.sum(-1)
+    out_ND = decode_sparse(W_dec, col, codes_BTF.flatten(0, 1)[row, col], counts_N.cumsum(0) - counts_N)
+    return out_ND.view(*codes_BTF.shape[:2], -1)
+
+
 class TopKSAE(SAE):
-    unit_norm_decoder = True
+    architecture = "topk"
+    config_class = TopKConfig
+    cfg: TopKConfig
 
-    def __init__(self, d_in: int, d_sae: int, k: int = 32, auxk_k: int = 512):
-        super().__init__(d_in, d_sae)
-        self.k, self.auxk_k = k, auxk_k
+    def forward(self, x_BTD: Tensor, doc_start_BT: Tensor) -> SAEOutput:
+        pre_BTF, codes_BTF, decoded_BTD = self.topk_code(x_BTD)
+        return SAEOutput(codes_BTF, codes_BTF, decoded_BTD + self.b_dec, pre_BTF, {})
 
-    def forward(self, x_BTD: Tensor, doc_start_BT: Tensor | None = None) -> SAEOutput:
+    def topk_code(self, x_BTD: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(pre-activations [B, T, F], TopK codes [B, T, F], codes W_dec [B, T, D] without b_dec) of x_BTD."""
         pre_BTF = self.pre_acts(x_BTD)
-        vals_BTK, idx_BTK = topk_relu(pre_BTF, self.k)
+        vals_BTK, idx_BTK = topk_relu(pre_BTF, self.cfg.k)
         codes_BTF = torch.zeros_like(pre_BTF).scatter(-1, idx_BTK, vals_BTK)
-        recon_ND = decode_sparse(self.W_dec, idx_BTK.flatten(0, 1), vals_BTK.flatten(0, 1))
-        recon_BTD = recon_ND.view_as(x_BTD) + self.b_dec
-        return SAEOutput(codes_BTF, codes_BTF, recon_BTD, {"pre_acts": pre_BTF})
+        decoded_BTD = decode_sparse(self.W_dec, idx_BTK.flatten(0, 1), vals_BTK.flatten(0, 1)).view_as(x_BTD)
+        return pre_BTF, codes_BTF, decoded_BTD
 
     def auxiliary_loss(self, x_BTD: Tensor, out: SAEOutput, dead_F: Tensor) -> Tensor:
         """AuxK: |e - e_hat|^2 per position, e = x - x_hat (detached), e_hat from dead latents only.
@@ -76,7 +93,7 @@ class TopKSAE(SAE):
         if n_dead == 0:
             return x_BTD.new_zeros(x_BTD.shape[:2])
         e_BTD = (x_BTD - out.reconstruction).detach()
-        dead_pre_BTF = out.aux["pre_acts"].masked_fill(~dead_F, float("-inf"))
-        vals_BTK, idx_BTK = topk_relu(dead_pre_BTF, min(self.auxk_k, n_dead))
+        dead_pre_BTF = out.pre_acts.masked_fill(~dead_F, float("-inf"))
+        vals_BTK, idx_BTK = topk_relu(dead_pre_BTF, min(self.cfg.auxk_k, n_dead))
         e_hat_ND = decode_sparse(self.W_dec, idx_BTK.flatten(0, 1), vals_BTK.flatten(0, 1))
         return (e_BTD - e_hat_ND.view_as(e_BTD)).pow(2).sum(-1)

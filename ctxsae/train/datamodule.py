@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 from ctxsae.cache.dataset import CachedWindows, Windows, collate_windows
 from ctxsae.cache.store import ActivationCache, CacheConfig, open_or_build
 from ctxsae.data.source import ActivationSource
+from ctxsae.data.text import TextSource
 from ctxsae.errors import UserError
 from ctxsae.extract.activations import LMActivations
 
@@ -41,7 +42,7 @@ class DataConfig:
 def activation_source(cfg: DictConfig) -> ActivationSource:
     """The source a composed config describes: text goes through the LM; activation sources (synthetic data) as they are."""
     source = instantiate(cfg.data.source)
-    if hasattr(source, "documents"):
+    if isinstance(source, TextSource):
         return LMActivations(source, cfg.lm, cfg.data.n_ctx, cfg.data.draw_windows, cfg.data.seed)
     return source
 

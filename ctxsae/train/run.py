@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ctxsae.errors import UserError
 from ctxsae.metrics import MetricsConfig, accumulate, held_out_accumulators
+from ctxsae.models import build_sae
 from ctxsae.train.callbacks import Throughput
 from ctxsae.train.datamodule import ActivationDataModule, activation_source
 from ctxsae.train.module import SAEModule
@@ -78,7 +79,7 @@ def train(cfg: DictConfig, run_dir: Path | RunDir) -> dict | None:
         model_cfg["d_in"] = dm.d_in
     elif model_cfg["d_in"] != dm.d_in:
         raise UserError(f"model.d_in={model_cfg['d_in']} but the activations have d_model {dm.d_in}: drop model.d_in (it is read from the cache) or change lm/layer")
-    sae = instantiate(model_cfg)
+    sae = build_sae(model_cfg)
     sae.act_scale.fill_(dm.scale)
     module = SAEModule(sae, instantiate(cfg.loss), instantiate(cfg.optim))
 
@@ -91,7 +92,7 @@ def train(cfg: DictConfig, run_dir: Path | RunDir) -> dict | None:
     if not trainer.is_global_zero:  # under DDP one process writes the results
         return None
 
-    sae.save(run_dir.sae_file, config=model_cfg)
+    sae.save(run_dir.sae_file)
     # Whole-split figures, as evaluate.py computes them: one pass over the held-out windows, no LM.
     device = next(sae.parameters()).device
     batches = dm.held_out_batches(cfg.data.batch_windows, device=device)

@@ -1,7 +1,7 @@
 """One run directory: what ``train.py`` writes there, how a run is found, and how it is opened again.
 
     <run>/config.yaml         the composed config of the run (the source of truth for reopening it)
-    <run>/sae.safetensors     weights, normalisation scale and architecture (ctxsae.models.base.load_sae)
+    <run>/sae.safetensors     weights, normalisation scale and architecture (ctxsae.models.load_sae)
     <run>/summary.json        written last: a run with it has finished (sweeps skip it when rerun)
     <run>/failed.txt          the error that ended a failed run (the sweep report lists it)
     <run>/checkpoints/        Lightning checkpoints; last.ckpt resumes a killed run
@@ -23,7 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from ctxsae.cache.store import atomic_write_bytes
 from ctxsae.errors import UserError
-from ctxsae.models.base import SAE, load_sae
+from ctxsae.models import load_sae
+from ctxsae.models.base import SAE
 
 #: Config keys renamed since runs were first written: old run directories still open.
 RENAMED_KEYS = {"data.max_windows": "data.draw_windows", "trainer.max_tokens": "max_tokens"}
@@ -109,7 +110,7 @@ def open_run(run: str, device: str = "auto", with_lm: bool = True) -> OpenRun:
     train_cfg = run_dir.load_config()
     torch_device = device_of(device)
     try:
-        sae, _ = load_sae(sae_file)
+        sae = load_sae(sae_file)
     except RuntimeError as e:  # load_state_dict: the SAE's code changed since the run saved it
         raise UserError(f"{sae_file} does not fit the current code of its SAE class ({str(e).splitlines()[-1].strip()}): "
                         "retrain the run, or evaluate it from the commit it was trained with") from e

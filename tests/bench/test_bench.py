@@ -8,7 +8,7 @@ import torch
 
 from ctxsae.bench import RandomSource, batch_of, topk_flops, train_step_fn
 from ctxsae.bench.__main__ import main
-from ctxsae.models.topk import TopKSAE
+from ctxsae.models.topk import TopKConfig, TopKSAE
 
 FIGURES = {"extraction", "cache", "saelens", "roofline", "contextual", "memory"}
 
@@ -33,7 +33,7 @@ def test_quick_run_writes_all_six_figures_with_finite_ratios_or_skip_reasons(tmp
 
 
 def test_training_step_updates_weights_and_keeps_decoder_rows_unit_norm():
-    sae = TopKSAE(16, 32, 4)
+    sae = TopKSAE(TopKConfig(d_in=16, d_sae=32, k=4))
     before = sae.W_enc.detach().clone()
     train_step_fn(sae, batch_of(16, 64, 8), lr=1e-2)()
     assert not torch.equal(before, sae.W_enc)

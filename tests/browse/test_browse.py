@@ -21,7 +21,7 @@ from ctxsae.config import register_configs
 from ctxsae.data.synthetic import SyntheticSource
 from ctxsae.errors import UserError
 from ctxsae.eval.config import EvalConfig, ProbeConfig
-from ctxsae.models.recurrent import RecurrentSAE
+from ctxsae.models.recurrent import RecurrentConfig, RecurrentSAE
 from ctxsae.train.datamodule import ActivationDataModule, DataConfig
 from ctxsae.train.run import train
 from ctxsae.train.run_dir import open_run
@@ -113,7 +113,7 @@ def test_synthetic_data_shows_positions_and_skips_the_logit_effect(tmp_path):
     dm = ActivationDataModule(source, data, CacheConfig(root=str(tmp_path)))
     dm.prepare_data()
     torch.manual_seed(0)
-    sae = RecurrentSAE(16, 32, k=4, retention_init=1.0).eval()
+    sae = RecurrentSAE(RecurrentConfig(d_in=16, d_sae=32, k=4, retention_init=1.0)).eval()
     sae.act_scale.fill_(1.0)
     site = collect_site(sae, dm, BrowseConfig(n_features=3, n_windows=2))
     assert all(w.tokens is None for w in site.windows.values()) and all(p.logits is None for p in site.pages)

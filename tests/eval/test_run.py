@@ -18,7 +18,8 @@ from ctxsae.eval.config import EvalConfig
 from ctxsae.eval.run import evaluate, evaluate_run
 from ctxsae.metrics import MetricsConfig, accumulate, held_out_accumulators
 from ctxsae.metrics.basic import fvu
-from ctxsae.models.topk import TopKSAE
+from ctxsae.models.base import ContextualSAE
+from ctxsae.models.topk import TopKConfig, TopKSAE
 from ctxsae.train.datamodule import ActivationDataModule, DataConfig
 from ctxsae.train.run_dir import resolve_run
 
@@ -103,8 +104,11 @@ def test_evaluate_logs_scalars_hparams_and_figures_to_tensorboard(evaluated):
     assert tags["eval/heatmap_val0"] == "images" and tags["eval/sparsity/log10_firing_frequency"] == "histograms"
 
 
-class ContextTopK(TopKSAE):
+class ContextTopK(TopKSAE, ContextualSAE):
     """A TopK SAE that reports a context statistic: the number of windows in the batch it saw."""
+
+    def attribute(self, out, b, t, i):
+        return [(t, out.codes[b, t, i].item())]
 
     def context_stats(self, out):
         return {"windows_in_batch": float(out.codes.shape[0])}
@@ -122,7 +126,7 @@ def synthetic_dm(tmp_path_factory):
 
 def test_synthetic_data_gets_ground_truth_figures_and_no_lm_figures(synthetic_dm):
     torch.manual_seed(0)
-    sae = ContextTopK(16, 32, k=4)
+    sae = ContextTopK(TopKConfig(d_in=16, d_sae=32, k=4))
     sae.act_scale.fill_(synthetic_dm.scale)
     results, figures, _, _ = evaluate(sae, synthetic_dm, EvalConfig(batch_windows=3, heatmap_windows=1))
     assert results["downstream"] is None and results["language_switch"] is None
@@ -136,7 +140,7 @@ def test_synthetic_data_gets_ground_truth_figures_and_no_lm_figures(synthetic_dm
 
 def test_the_held_out_pass_scores_exactly_the_held_out_windows(synthetic_dm):
     torch.manual_seed(0)
-    sae = TopKSAE(16, 32, k=4)
+    sae = TopKSAE(TopKConfig(d_in=16, d_sae=32, k=4))
     sae.act_scale.fill_(synthetic_dm.scale)
     batches = synthetic_dm.held_out_batches(batch_windows=3)
     r = accumulate(sae, batches, held_out_accumulators(sae, MetricsConfig()))
@@ -159,7 +163,9 @@ def test_bad_run_paths_name_the_fix(tmp_path):
 
 
 def test_an_sae_file_that_no_longer_fits_its_code_names_the_fix(tmp_path):
-    TopKSAE(8, 16, k=2).save(tmp_path / "sae.safetensors", config={"_target_": "ctxsae.models.topk.TopKSAE", "d_in": 8, "d_sae": 32, "k": 2})
+    sae = TopKSAE(TopKConfig(d_in=8, d_sae=16, k=2))
+    sae.cfg.d_sae = 32  # the file says 32 latents, its weights hold 16
+    sae.save(tmp_path / "sae.safetensors")
     (tmp_path / "config.yaml").write_text("{}")
     with pytest.raises(UserError, match="does not fit the current code"):
         evaluate_run(EvalConfig(run=str(tmp_path)))

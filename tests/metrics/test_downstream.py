@@ -8,7 +8,7 @@ from ctxsae.cache.dataset import Windows
 from ctxsae.extract.activations import Extractor
 from ctxsae.extract.lm import load_tiny
 from ctxsae.metrics.downstream import ABLATIONS, SPLICE_ONLY, Downstream, ce_recovered
-from ctxsae.models.topk import TopKSAE
+from ctxsae.models.topk import TopKConfig, TopKSAE
 
 D = 64
 
@@ -32,7 +32,7 @@ def setup():
 
 def sae_with(W_enc=None, W_dec=None, b_dec=None, scale=0.5):
     """A TopK SAE (k = d_in) with the given weights; act_scale 0.5 exercises (de)normalisation exactly."""
-    sae = TopKSAE(D, 2 * D, k=D)
+    sae = TopKSAE(TopKConfig(d_in=D, d_sae=2 * D, k=D))
     with torch.no_grad():
         sae.act_scale.fill_(scale)
         sae.b_enc.zero_()

@@ -10,7 +10,7 @@ from ctxsae.models.base import SAEOutput
 def update(r: Reconstruction, x, recon, mask) -> None:
     """One batch: windows ``x`` with the positions ``mask`` keeps, and an SAE output reconstructing them as ``recon``."""
     codes = torch.zeros(*x.shape[:2], 1)
-    r.update(Windows(x, torch.full(mask.shape, -1), torch.zeros_like(mask), mask), SAEOutput(codes, codes, recon, {}))
+    r.update(Windows(x, torch.full(mask.shape, -1), torch.zeros_like(mask), mask), SAEOutput(codes, codes, recon, codes, {}))
 
 
 def data(seed=0, B=6, T=10, D=8):

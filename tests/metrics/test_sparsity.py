@@ -7,7 +7,7 @@ from ctxsae.models.base import SAEOutput
 
 
 def out(z, a):
-    return SAEOutput(z, a, torch.zeros(*z.shape[:2], 1), {})
+    return SAEOutput(z, a, torch.zeros(*z.shape[:2], 1), pre_acts=z, aux={})
 
 
 def batch(mask):

@@ -12,7 +12,7 @@ from ctxsae.metrics.synthetic import (
     match_by_decoder,
     onset_scores,
 )
-from ctxsae.models.base import SAE, SAEOutput
+from ctxsae.models.base import SAE, SAEConfig, SAEOutput
 
 
 @pytest.fixture(scope="module")
@@ -112,14 +112,14 @@ class Oracle(SAE):
     unit_norm_decoder = True
 
     def __init__(self, data, contextual: bool):
-        super().__init__(data.features_FD.shape[1], data.features_FD.shape[0])
+        super().__init__(SAEConfig(d_in=data.features_FD.shape[1], d_sae=data.features_FD.shape[0]))
         self.W_dec.data.copy_(data.features_FD)
         self.data, self.contextual = data, contextual
 
-    def forward(self, x_BTD, doc_start_BT=None):
+    def forward(self, x_BTD, doc_start_BT):
         acts = self.data.acts_NTF
         codes = torch.where(self.data.is_region_F, self.data.onset_NTF * acts, acts) if self.contextual else acts
-        return SAEOutput(codes, acts, self.decode(acts), {})
+        return SAEOutput(codes, acts, self.decode(acts), pre_acts=acts, aux={})
 
 
 def test_evaluate_scores_oracles(data):

@@ -54,7 +54,7 @@ def score(z_1T1, a_1T1):
     t = Temporal(d_sae=1, gap=2, min_len=4)
     mask = torch.ones(1, T, dtype=torch.bool)
     t.update(Windows(torch.zeros(1, T, 1), torch.full((1, T), -1), doc_start, mask),
-             SAEOutput(z_1T1, a_1T1, torch.zeros(1, T, 1), {}))
+             SAEOutput(z_1T1, a_1T1, torch.zeros(1, T, 1), pre_acts=z_1T1, aux={}))
     return t.compute()
 
 
@@ -87,5 +87,5 @@ def test_ground_truth_regions():
     z[0, 2, 1], a[0, 2:4, 1], a[0, 5, 1] = 1.0, 1.0, 1.0  # onset code; effective active 3 of 4, one hole
     doc_start = torch.zeros(1, T, dtype=torch.bool)
     doc_start[0, 0] = True
-    r = ground_truth_regions(SAEOutput(z, a, torch.zeros(1, T, 1), {}), doc_start, inside, torch.tensor([1]))
+    r = ground_truth_regions(SAEOutput(z, a, torch.zeros(1, T, 1), pre_acts=z, aux={}), doc_start, inside, torch.tensor([1]))
     assert r == pytest.approx({"fire_share": 1 / 4, "coverage": 3 / 4, "flicker": 1 / 3})

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from types import SimpleNamespace
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from ctxsae.data.synthetic import SyntheticConfig, generate
 from ctxsae.metrics.basic import fvu, l0
-from ctxsae.models.base import SAE, SAEConfig, load_sae
+from ctxsae.models import load_sae
+from ctxsae.models.base import SAE, window_starts
 
 
 @pytest.fixture
@@ -37,7 +38,7 @@ def token_windows() -> torch.Tensor:
 def measure(sae: SAE, x_NTD: torch.Tensor) -> tuple[float, float]:
     """(FVU, mean L0) of the SAE in inference mode."""
     was_training = sae.training
-    out = sae.eval()(x_NTD)
+    out = sae.eval()(x_NTD, window_starts(*x_NTD.shape[:2]))
     sae.train(was_training)
     return fvu(x_NTD, out.reconstruction).item(), l0(out.codes).item()
 
@@ -47,13 +48,17 @@ def evaluate():
     return measure
 
 
-def assert_round_trip(sae: SAE, cfg: SAEConfig, x_NTD: torch.Tensor, path) -> None:
-    """SAE.save then load_sae rebuilds the same class with the same outputs (inference mode)."""
-    sae.save(path, asdict(cfg))
-    loaded, config = load_sae(path)
-    assert type(loaded) is type(sae) and config == asdict(cfg)
+def assert_round_trip(sae: SAE, x_NTD: torch.Tensor, path) -> None:
+    """SAE.save then load_sae rebuilds the same class and config with the same outputs (inference mode);
+    the file names the architecture, not a module path."""
+    sae.save(path)
+    with safe_open(str(path), framework="pt") as f:
+        assert f.metadata()["architecture"] == sae.architecture and "_target_" not in f.metadata()["config"]
+    loaded = load_sae(path)
+    assert type(loaded) is type(sae) and loaded.cfg == sae.cfg
     with torch.no_grad():
-        a, b = sae.eval()(x_NTD), loaded.eval()(x_NTD)
+        starts = window_starts(*x_NTD.shape[:2])
+        a, b = sae.eval()(x_NTD, starts), loaded.eval()(x_NTD, starts)
     for field in ("codes", "effective_codes", "reconstruction"):
         torch.testing.assert_close(getattr(a, field), getattr(b, field), rtol=0, atol=0)
 
@@ -68,11 +73,11 @@ def round_trip():
 
 def assert_strictly_causal(sae: SAE, x_BTD: torch.Tensor) -> None:
     """Changing x[:, t0+1:] leaves every output at positions <= t0 bitwise unchanged (and later ones not)."""
-    out = sae(x_BTD)
+    out = sae(x_BTD, window_starts(*x_BTD.shape[:2]))
     for t0 in (0, 7, x_BTD.shape[1] - 2):
         x2 = x_BTD.clone()
         x2[:, t0 + 1 :] = torch.randn_like(x2[:, t0 + 1 :])
-        out2 = sae(x2)
+        out2 = sae(x2, window_starts(*x2.shape[:2]))
         for a, b in zip(out[:3], out2[:3]):
             assert torch.equal(a[:, : t0 + 1], b[:, : t0 + 1])
         assert not torch.equal(out.reconstruction, out2.reconstruction)
@@ -98,7 +103,7 @@ def assert_nothing_carried_into_a_document_start(sae: SAE, x_BTD: torch.Tensor, 
     """At a document start the effective code is the novel code, though the same position without one carries."""
     out = assert_document_start_resets(sae, x_BTD, start)
     assert torch.equal(out.codes[:, start], out.effective_codes[:, start])
-    no_reset = sae(x_BTD)
+    no_reset = sae(x_BTD, window_starts(*x_BTD.shape[:2]))
     assert not torch.equal(no_reset.codes[:, start], no_reset.effective_codes[:, start])
 
 

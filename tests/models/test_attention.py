@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from ctxsae.data.synthetic import SyntheticConfig, generate
 from ctxsae.metrics.basic import fvu, l0
+from ctxsae.models import build_sae
 from ctxsae.models.attention import AttentionConfig, AttentionSAE
-from ctxsae.models.topk import TopKSAE
+from ctxsae.models.base import window_starts
+from ctxsae.models.topk import TopKConfig, TopKSAE
 from ctxsae.train.objective import LossConfig
 
 D, F, K, B, T = 32, 96, 4, 3, 24
@@ -19,7 +20,8 @@ D, F, K, B, T = 32, 96, 4, 3, 24
 def open_sae(dtype=torch.float64, value_rank: int = 0) -> AttentionSAE:
     """Context open: half the latents carry, heads read content and recency, nothing at default init."""
     torch.manual_seed(0)
-    sae = AttentionSAE(D, F, K, k_values=8, n_heads=2, d_head=4, n_attend=4, value_rank=value_rank).to(dtype).eval()
+    cfg = AttentionConfig(d_in=D, d_sae=F, k=K, k_values=8, n_heads=2, d_head=4, n_attend=4, value_rank=value_rank)
+    sae = AttentionSAE(cfg).to(dtype).eval()
     with torch.no_grad():
         sae.carry_logit.copy_(torch.tensor([1.0, -1.0]).repeat(F // 2))
         sae.W_q.normal_(0, 0.3)
@@ -38,14 +40,14 @@ def windows(dtype=torch.float64, seed=1):
 
 
 def test_config_builds_the_model():
-    sae = instantiate(OmegaConf.structured(AttentionConfig(d_in=D, d_sae=F, k=K, n_heads=2, d_head=4)))
-    assert isinstance(sae, AttentionSAE) and sae.k == K and sae.W_q.shape == (D, 8)
+    sae = build_sae(OmegaConf.structured(AttentionConfig(d_in=D, d_sae=F, k=K, n_heads=2, d_head=4)))
+    assert isinstance(sae, AttentionSAE) and sae.cfg.k == K and sae.W_q.shape == (D, 8)
 
 
 @pytest.mark.parametrize("value_rank", [0, 3])
 def test_strictly_causal(value_rank, rules):
     sae, x = open_sae(value_rank=value_rank), windows()
-    assert (sae(x).aux["context"] != 0).any()
+    assert (sae(x, window_starts(B, T)).aux["context"] != 0).any()
     rules.strictly_causal(sae, x)
 
 
@@ -56,7 +58,7 @@ def test_document_start_resets_the_context(rules):
 
 def test_attribution_sums_to_the_effective_code():
     sae, x = open_sae(torch.float32), windows(torch.float32)
-    out = sae(x)
+    out = sae(x, window_starts(B, T))
     b, t, i = out.effective_codes.nonzero(as_tuple=True)
     earlier = 0
     for j in range(0, len(b), 5):
@@ -69,7 +71,7 @@ def test_attribution_sums_to_the_effective_code():
 
 def test_context_lets_go_when_the_query_stops_matching():
     """Latent 0 is carried while x_t still shows it and is exactly 0 once it is gone, at no code."""
-    sae = AttentionSAE(D, D, k=1, k_values=2, n_heads=1, d_head=1, n_attend=4).double().eval()
+    sae = AttentionSAE(AttentionConfig(d_in=D, d_sae=D, k=1, k_values=2, n_heads=1, d_head=1, n_attend=4)).double().eval()
     with torch.no_grad():
         sae.W_dec.copy_(torch.eye(D))
         sae.W_enc.copy_(torch.eye(D))
@@ -84,7 +86,7 @@ def test_context_lets_go_when_the_query_stops_matching():
     x = torch.zeros(1, 8, D, dtype=torch.float64)
     x[0, :4, 0] = 3.0  # latent 0 on for 4 positions
     x[0, :, 1] = 1.0  # latent 1 on everywhere, never carried: it takes the one novel code
-    out = sae(x)
+    out = sae(x, window_starts(1, 8))
     a0, z0 = out.effective_codes[0, :, 0], out.codes[0, :, 0]
     assert z0[0] == 3.0 and torch.all(z0[1:] == 0)  # one onset, then carried for free
     torch.testing.assert_close(a0[:4], torch.full((4,), 3.0, dtype=torch.float64))
@@ -94,11 +96,11 @@ def test_context_lets_go_when_the_query_stops_matching():
 
 def test_starts_closed_as_topk():
     torch.manual_seed(0)
-    sae = AttentionSAE(D, F, K, k_values=8, n_heads=2, d_head=4)
-    topk = TopKSAE(D, F, K)
+    sae = AttentionSAE(AttentionConfig(d_in=D, d_sae=F, k=K, k_values=8, n_heads=2, d_head=4))
+    topk = TopKSAE(TopKConfig(d_in=D, d_sae=F, k=K))
     topk.load_state_dict(sae.state_dict(), strict=False)
     x = windows(torch.float32)
-    out, ref = sae(x), topk(x)
+    out, ref = sae(x, window_starts(B, T)), topk(x, window_starts(B, T))
     assert torch.equal(out.codes, ref.codes) and torch.equal(out.effective_codes, ref.codes)
     assert torch.allclose(out.reconstruction, ref.reconstruction, atol=1e-5)
     stats = sae.context_stats(out)
@@ -108,9 +110,9 @@ def test_starts_closed_as_topk():
 
 
 def test_closed_carry_still_learns_whether_to_open():
-    sae = AttentionSAE(D, F, K, k_values=8, n_heads=2, d_head=4).double()
+    sae = AttentionSAE(AttentionConfig(d_in=D, d_sae=F, k=K, k_values=8, n_heads=2, d_head=4)).double()
     x = windows()
-    out = sae(x)
+    out = sae(x, window_starts(B, T))
     (out.reconstruction - x).pow(2).sum().backward()
     assert sae.carry_logit.grad.abs().sum() > 0
 
@@ -130,9 +132,9 @@ def test_region_features_need_fewer_novel_codes(fit, single_thread):
     """Measured (seeds 0, 1): attention k=3 FVU 0.28, 0.29 against TopK k=4 0.37, 0.37 (TopK k=3: 0.43)."""
     cfg = SyntheticConfig(d_in=64, n_windows=384, n_ctx=64, region_features=True)
     torch.manual_seed(0)
-    fvu_topk, _ = fit_and_measure(fit, TopKSAE(64, 128, k=4), cfg, 256, 300)
+    fvu_topk, _ = fit_and_measure(fit, TopKSAE(TopKConfig(d_in=64, d_sae=128, k=4)), cfg, 256, 300)
     torch.manual_seed(0)
-    attn = AttentionSAE(64, 128, k=3, k_values=8, n_heads=4, d_head=8, n_attend=8)
+    attn = AttentionSAE(AttentionConfig(d_in=64, d_sae=128, k=3, k_values=8, n_heads=4, d_head=8, n_attend=8))
     fvu_attn, l0_attn = fit_and_measure(fit, attn, cfg, 256, 300)
     assert l0_attn == 3
     assert fvu_attn < fvu_topk - 0.05
@@ -142,8 +144,8 @@ def test_without_region_features_no_worse_than_topk(fit, single_thread):
     """Measured (seeds 0, 1): attention k=3 FVU 0.292, 0.292 against TopK k=3 0.288, 0.291."""
     cfg = SyntheticConfig(d_in=64, n_windows=256, n_ctx=32, region_features=False)
     torch.manual_seed(0)
-    fvu_topk, _ = fit_and_measure(fit, TopKSAE(64, 128, k=3), cfg, 128, 200)
+    fvu_topk, _ = fit_and_measure(fit, TopKSAE(TopKConfig(d_in=64, d_sae=128, k=3)), cfg, 128, 200)
     torch.manual_seed(0)
-    attn = AttentionSAE(64, 128, k=3, k_values=8, n_heads=4, d_head=8, n_attend=8)
+    attn = AttentionSAE(AttentionConfig(d_in=64, d_sae=128, k=3, k_values=8, n_heads=4, d_head=8, n_attend=8))
     fvu_attn, _ = fit_and_measure(fit, attn, cfg, 128, 200)
     assert fvu_attn < fvu_topk + 0.02

@@ -2,6 +2,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
+from ctxsae.models.base import window_starts
 from ctxsae.models.batchtopk import BatchTopKConfig, BatchTopKSAE
 from ctxsae.train.objective import LossConfig
 
@@ -10,12 +11,12 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 def _sae(k=5, threshold_momentum=0.1) -> BatchTopKSAE:
     torch.manual_seed(0)
-    return BatchTopKSAE(32, 96, k=k, auxk_k=8, threshold_momentum=threshold_momentum)
+    return BatchTopKSAE(BatchTopKConfig(d_in=32, d_sae=96, k=k, auxk_k=8, threshold_momentum=threshold_momentum))
 
 
 def test_training_keeps_the_k_times_n_largest_of_the_whole_batch():
     sae, x = _sae(), torch.randn(3, 7, 32)
-    out = sae.train()(x)
+    out = sae.train()(x, window_starts(3, 7))
     assert out.codes.shape == (3, 7, 96) and out.reconstruction.shape == x.shape
     assert out.effective_codes is out.codes
     relu = sae.pre_acts(x).relu()
@@ -31,7 +32,7 @@ def test_inference_applies_the_threshold():
     with torch.no_grad():
         sae.threshold.fill_(0.8)
     pre = sae.pre_acts(x)
-    assert_close(sae.eval()(x).codes, pre * (pre > 0.8))
+    assert_close(sae.eval()(x, window_starts(3, 7)).codes, pre * (pre > 0.8))
 
 
 @pytest.mark.parametrize("training", [True, False])
@@ -43,12 +44,12 @@ def test_sparse_decode_matches_dense_decode_and_its_gradients(training):
         sae.b_dec.normal_()
         x[0, 3] = sae.b_dec  # pre-activations all 0 there: at inference, a position with no latent
     params = [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec]
-    out = sae(x)
+    out = sae(x, window_starts(3, 7))
     assert training or ((out.codes != 0).sum(-1) == 0).any()
     assert_close(out.reconstruction, out.codes @ sae.W_dec + sae.b_dec)
     target = torch.randn_like(x)
     sparse = torch.autograd.grad((out.reconstruction - target).pow(2).sum(), params)
-    out = sae(x)
+    out = sae(x, window_starts(3, 7))
     dense = torch.autograd.grad((sae.decode(out.codes) - target).pow(2).sum(), params)
     for a, b in zip(sparse, dense):
         assert_close(a, b)
@@ -61,17 +62,17 @@ def test_threshold_is_an_ema_of_the_smallest_kept_activation():
         return out.codes[out.codes > 0].min()
 
     with torch.no_grad():
-        m1 = smallest_kept(sae.train()(x1))
+        m1 = smallest_kept(sae.train()(x1, window_starts(3, 7)))
         assert_close(sae.threshold, m1)  # the first batch sets it
-        m2 = smallest_kept(sae(x2))
+        m2 = smallest_kept(sae(x2, window_starts(3, 7)))
         assert_close(sae.threshold, 0.9 * m1 + 0.1 * m2)
-        sae.eval()(x1)
+        sae.eval()(x1, window_starts(3, 7))
         assert_close(sae.threshold, 0.9 * m1 + 0.1 * m2)  # inference leaves it alone
 
 
 def test_auxk_against_dead_latents():
     sae, x = _sae(), torch.randn(3, 7, 32)
-    out = sae.train()(x)
+    out = sae.train()(x, window_starts(3, 7))
     assert (sae.auxiliary_loss(x, out, torch.zeros(96, dtype=torch.bool)) == 0).all()
     dead = torch.zeros(96, dtype=torch.bool)
     dead[::6] = True
@@ -83,14 +84,15 @@ def test_auxk_against_dead_latents():
 
 def test_trains_to_low_fvu_and_inference_l0_near_k(fit, token_windows, evaluate):
     torch.manual_seed(0)
-    sae = BatchTopKSAE(64, 128, k=8, threshold_momentum=0.05)  # short run: a faster EMA
+    sae = BatchTopKSAE(BatchTopKConfig(d_in=64, d_sae=128, k=8, threshold_momentum=0.05))  # short run: a faster EMA
     sae.init_from_data(token_windows.flatten(0, 1))
     with torch.no_grad():
-        fvu_init = ((sae.train()(token_windows).reconstruction - token_windows).pow(2).sum()
+        starts = window_starts(*token_windows.shape[:2])
+        fvu_init = ((sae.train()(token_windows, starts).reconstruction - token_windows).pow(2).sum()
                     / (token_windows - token_windows.mean((0, 1))).pow(2).sum()).item()
     fit(sae, token_windows, loss=LossConfig(auxk=1 / 32), steps=200, lr=1e-2)
     with torch.no_grad():
-        train_out = sae.train()(token_windows)
+        train_out = sae.train()(token_windows, starts)
     assert (train_out.codes != 0).sum() == 8 * token_windows.shape[0] * token_windows.shape[1]
     fvu_end, l0_end = evaluate(sae, token_windows)  # inference mode: the learned threshold
     assert fvu_end < 0.13 and fvu_end < fvu_init / 6, (fvu_init, fvu_end)
@@ -98,10 +100,9 @@ def test_trains_to_low_fvu_and_inference_l0_near_k(fit, token_windows, evaluate)
 
 
 def test_save_load_round_trip(token_windows, round_trip, tmp_path):
-    cfg = BatchTopKConfig(d_in=64, d_sae=128, k=8, auxk_k=32, threshold_momentum=0.05)
     torch.manual_seed(0)
-    sae = BatchTopKSAE(64, 128, k=8, auxk_k=32, threshold_momentum=0.05)
+    sae = BatchTopKSAE(BatchTopKConfig(d_in=64, d_sae=128, k=8, auxk_k=32, threshold_momentum=0.05))
     with torch.no_grad():
-        sae.train()(token_windows)  # sets the threshold buffer, which must survive the trip
+        sae.train()(token_windows, window_starts(*token_windows.shape[:2]))  # sets the threshold buffer, which must survive the trip
     assert sae.threshold > 0
-    round_trip(sae, cfg, token_windows[:4], tmp_path / "sae.safetensors")
+    round_trip(sae, token_windows[:4], tmp_path / "sae.safetensors")

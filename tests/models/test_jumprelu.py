@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
+from ctxsae.models.base import window_starts
 from ctxsae.models.jumprelu import JumpReLU, JumpReLUConfig, JumpReLUSAE, Step
 from ctxsae.train.objective import LossConfig
 
@@ -12,10 +13,10 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 def test_codes_pass_pre_activations_above_the_threshold():
     torch.manual_seed(0)
-    sae, x = JumpReLUSAE(32, 96, threshold_init=0.3, bandwidth=0.05), torch.randn(3, 7, 32)
+    sae, x = JumpReLUSAE(JumpReLUConfig(d_in=32, d_sae=96, threshold_init=0.3, bandwidth=0.05)), torch.randn(3, 7, 32)
     with torch.no_grad():
         sae.log_threshold.uniform_(math.log(0.1), math.log(1.0))
-    out = sae(x)
+    out = sae(x, window_starts(3, 7))
     assert out.codes.shape == (3, 7, 96) and out.reconstruction.shape == x.shape
     assert out.effective_codes is out.codes
     pre = sae.pre_acts(x)
@@ -45,15 +46,15 @@ def test_straight_through_gradients_use_the_rectangle_kernel():
 
 def test_l0_penalty_raises_thresholds_only():
     torch.manual_seed(0)
-    sae, x = JumpReLUSAE(32, 96), torch.randn(3, 7, 32)
-    sae.sparsity_penalty(sae(x)).sum().backward()
+    sae, x = JumpReLUSAE(JumpReLUConfig(d_in=32, d_sae=96)), torch.randn(3, 7, 32)
+    sae.sparsity_penalty(sae(x, window_starts(3, 7))).sum().backward()
     assert (sae.log_threshold.grad <= 0).all() and (sae.log_threshold.grad < 0).any()
     assert sae.W_enc.grad is None and sae.W_dec.grad is None
 
 
 def _fit(fit, evaluate, x, coef, steps, lr):
     torch.manual_seed(0)
-    sae = JumpReLUSAE(64, 128)
+    sae = JumpReLUSAE(JumpReLUConfig(d_in=64, d_sae=128))
     sae.init_from_data(x.flatten(0, 1))
     fvu_init, _ = evaluate(sae, x)
     fit(sae, x, loss=LossConfig(sparsity=coef), steps=steps, lr=lr)
@@ -74,8 +75,7 @@ def test_l0_falls_as_the_coefficient_rises(fit, evaluate, token_windows):
 
 def test_save_load_round_trip(token_windows, round_trip, tmp_path):
     torch.manual_seed(0)
-    cfg = JumpReLUConfig(d_in=64, d_sae=128, threshold_init=0.5, bandwidth=0.1)
-    sae = JumpReLUSAE(64, 128, threshold_init=0.5, bandwidth=0.1)
+    sae = JumpReLUSAE(JumpReLUConfig(d_in=64, d_sae=128, threshold_init=0.5, bandwidth=0.1))
     with torch.no_grad():
         sae.log_threshold.uniform_(-2, 0)  # per-latent thresholds must survive the trip
-    round_trip(sae, cfg, token_windows[:4], tmp_path / "sae.safetensors")
+    round_trip(sae, token_windows[:4], tmp_path / "sae.safetensors")

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from ctxsae.data.synthetic import SyntheticConfig, generate
 from ctxsae.metrics.basic import fvu, l0
+from ctxsae.models import build_sae
+from ctxsae.models.base import window_starts
 from ctxsae.models.recurrent import RecurrentConfig, RecurrentSAE
-from ctxsae.models.topk import TopKSAE
-from ctxsae.train.objective import LossConfig
+from ctxsae.models.topk import TopKConfig, TopKSAE
 
 D, F, K, B, T = 32, 96, 6, 3, 24
 
@@ -19,20 +19,20 @@ D, F, K, B, T = 32, 96, 6, 3, 24
 def mixed_sae(dtype=torch.float64) -> RecurrentSAE:
     """Context open: a third of the latents hold exactly, a third decay, a third are token latents."""
     torch.manual_seed(0)
-    sae = RecurrentSAE(D, F, K).to(dtype).eval()
+    sae = RecurrentSAE(RecurrentConfig(d_in=D, d_sae=F, k=K)).to(dtype).eval()
     with torch.no_grad():
-        sae.retention_raw.copy_(torch.tensor([1.0, 0.7, 0.0]).repeat(F // 3) / sae.retention_speed)
+        sae.retention_raw.copy_(torch.tensor([1.0, 0.7, 0.0]).repeat(F // 3) / sae.cfg.retention_speed)
         sae.b_enc.fill_(-0.5)  # fewer than K positive targets at some positions: resets must happen
     return sae
 
 
 def identity_sae(k: int, retention: float) -> RecurrentSAE:
     """d_sae = d_in and latent j reads and writes basis direction j: codes are easy to predict."""
-    sae = RecurrentSAE(D, D, k=k, drop_below=0.1).double().eval()
+    sae = RecurrentSAE(RecurrentConfig(d_in=D, d_sae=D, k=k, drop_below=0.1)).double().eval()
     with torch.no_grad():
         sae.W_dec.copy_(torch.eye(D))
         sae.W_enc.copy_(torch.eye(D))
-        sae.retention_raw.fill_(retention / sae.retention_speed)
+        sae.retention_raw.fill_(retention / sae.cfg.retention_speed)
     return sae
 
 
@@ -42,13 +42,13 @@ def windows(dtype=torch.float64, seed=1):
 
 
 def test_config_builds_the_model():
-    sae = instantiate(OmegaConf.structured(RecurrentConfig(d_in=D, d_sae=F, k=K, retention_init=0.25)))
-    assert isinstance(sae, RecurrentSAE) and sae.k == K and torch.allclose(sae.retention(), torch.tensor(0.25))
+    sae = build_sae(OmegaConf.structured(RecurrentConfig(d_in=D, d_sae=F, k=K, retention_init=0.25)))
+    assert isinstance(sae, RecurrentSAE) and sae.cfg.k == K and torch.allclose(sae.retention(), torch.tensor(0.25))
 
 
 def test_save_and_load_round_trip(round_trip, tmp_path):
     sae = mixed_sae(torch.float32)
-    round_trip(sae, RecurrentConfig(d_in=D, d_sae=F, k=K), windows(torch.float32), tmp_path / "sae.safetensors")
+    round_trip(sae, windows(torch.float32), tmp_path / "sae.safetensors")
 
 
 def test_strictly_causal(rules):
@@ -63,7 +63,7 @@ def test_document_start_resets_the_state(rules):
 
 def test_attribution_sums_to_the_effective_code():
     sae, x = mixed_sae(torch.float32), windows(torch.float32)
-    out = sae(x)
+    out = sae(x, window_starts(B, T))
     b, t, i = out.effective_codes.nonzero(as_tuple=True)
     longest = 0
     for j in range(0, len(b), 7):
@@ -81,7 +81,7 @@ def test_diffs_switch_a_held_latent_off():
     x = torch.zeros(1, 8, D, dtype=torch.float64)
     x[0, :4, 0] = 3.0  # latent 0 on for 4 positions
     x[0, :, 1] = 1.0  # a second latent, re-sent every position (a token latent)
-    out = sae(x)
+    out = sae(x, window_starts(1, 8))
     a0, z0 = out.effective_codes[0, :, 0], out.codes[0, :, 0]
     assert torch.equal(a0[:4], torch.full((4,), 3.0, dtype=torch.float64))
     assert z0[0] == 3.0 and torch.all(z0[1:4] == 0)  # one onset, then held for free
@@ -94,18 +94,18 @@ def test_decayed_values_are_dropped_to_exact_zero():
     x = torch.zeros(1, 8, D, dtype=torch.float64)
     x[0, 0, 0] = 1.0
     x[0, 1:, 1] = torch.arange(5.0, 12.0)  # takes the only code from position 1 on: latent 0 is left alone
-    a0 = sae(x).effective_codes[0, :, 0]
+    a0 = sae(x, window_starts(1, 8)).effective_codes[0, :, 0]
     # 1, 1/2, 1/4, 1/8 survive (>= 0.1 of the set value); 1/16 would not, so it is exactly 0.
     assert torch.equal(a0, torch.tensor([1, 0.5, 0.25, 0.125, 0, 0, 0, 0], dtype=torch.float64))
 
 
 def test_starts_closed_as_topk():
     torch.manual_seed(0)
-    sae = RecurrentSAE(D, F, K)
-    topk = TopKSAE(D, F, K)
+    sae = RecurrentSAE(RecurrentConfig(d_in=D, d_sae=F, k=K))
+    topk = TopKSAE(TopKConfig(d_in=D, d_sae=F, k=K))
     topk.load_state_dict({n: p for n, p in sae.state_dict().items() if n != "retention_raw"})
     x = windows(torch.float32)
-    out, ref = sae(x), topk(x)
+    out, ref = sae(x, window_starts(B, T)), topk(x, window_starts(B, T))
     assert torch.equal(out.codes, ref.codes) and torch.equal(out.effective_codes, ref.codes)
     assert torch.allclose(out.reconstruction, ref.reconstruction, atol=1e-5)
     stats = sae.context_stats(out)
@@ -120,7 +120,7 @@ def test_closed_context_still_learns_whether_to_open():
     x[:, 1, 1] = 5.0  # latent 1 takes the only code at position 1
     x[0, :, 0] = 3.0  # window 0: latent 0 persists but is not re-sent -> holding would help
     x[1, 0, 2], x[1, 1, 2] = 3.0, -1.0  # window 1: latent 2 is gone at position 1 -> holding would hurt
-    out = sae.train()(x)
+    out = sae.train()(x, window_starts(2, 2))
     (out.reconstruction - x).pow(2).sum().backward()
     g = sae.retention_raw.grad
     assert g[0] < 0 and g[2] > 0 and torch.all(g[3:] == 0)
@@ -146,11 +146,11 @@ def fit_and_score(fit, sae, region: bool) -> tuple[float, dict[str, float]]:
 @pytest.mark.usefixtures("single_thread")
 def test_region_features_cost_fewer_codes_than_topk(fit):
     torch.manual_seed(0)
-    rec, stats = fit_and_score(fit, RecurrentSAE(64, 128, k=4), region=True)
+    rec, stats = fit_and_score(fit, RecurrentSAE(RecurrentConfig(d_in=64, d_sae=128, k=4)), region=True)
     torch.manual_seed(0)
-    topk6, _ = fit_and_score(fit, TopKSAE(64, 128, k=6), region=True)
+    topk6, _ = fit_and_score(fit, TopKSAE(TopKConfig(d_in=64, d_sae=128, k=6)), region=True)
     torch.manual_seed(0)
-    topk4, _ = fit_and_score(fit, TopKSAE(64, 128, k=4), region=True)
+    topk4, _ = fit_and_score(fit, TopKSAE(TopKConfig(d_in=64, d_sae=128, k=4)), region=True)
     assert stats["l0"] <= 4
     assert rec < topk6  # 4 novel codes per token reconstruct better than TopK's 6
     assert rec < 0.85 * topk4
@@ -160,15 +160,15 @@ def test_region_features_cost_fewer_codes_than_topk(fit):
 @pytest.mark.usefixtures("single_thread")
 def test_without_region_features_it_is_no_worse_than_topk(fit):
     torch.manual_seed(0)
-    rec, stats = fit_and_score(fit, RecurrentSAE(64, 128, k=4), region=False)
+    rec, stats = fit_and_score(fit, RecurrentSAE(RecurrentConfig(d_in=64, d_sae=128, k=4)), region=False)
     torch.manual_seed(0)
-    topk, _ = fit_and_score(fit, TopKSAE(64, 128, k=4), region=False)
+    topk, _ = fit_and_score(fit, TopKSAE(TopKConfig(d_in=64, d_sae=128, k=4)), region=False)
     assert rec < topk + 0.02
     assert stats["context_energy_share"] < 0.05  # nothing to carry, and context stayed (nearly) shut
 
 
 def test_fixed_retention_stays_where_it_was_set(fit):
-    sae = RecurrentSAE(D, F, K, retention_init=0.9, learn_retention=False)
+    sae = RecurrentSAE(RecurrentConfig(d_in=D, d_sae=F, k=K, retention_init=0.9, learn_retention=False))
     x = torch.randn(32, T, D, generator=torch.Generator().manual_seed(3))
     before = sae.retention().detach().clone()
     fit(sae, x, steps=5, batch_windows=8)

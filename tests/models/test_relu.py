@@ -2,6 +2,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
+from ctxsae.models.base import window_starts
 from ctxsae.models.relu import ReLUConfig, ReLUSAE
 from ctxsae.train.objective import LossConfig
 
@@ -10,8 +11,8 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 def test_codes_are_relu_of_pre_activations_and_decoder_starts_short():
     torch.manual_seed(0)
-    sae, x = ReLUSAE(32, 96, decoder_init_norm=0.1), torch.randn(3, 7, 32)
-    out = sae(x)
+    sae, x = ReLUSAE(ReLUConfig(d_in=32, d_sae=96, decoder_init_norm=0.1)), torch.randn(3, 7, 32)
+    out = sae(x, window_starts(3, 7))
     assert out.codes.shape == (3, 7, 96) and out.reconstruction.shape == x.shape
     assert out.effective_codes is out.codes
     assert_close(out.codes, sae.pre_acts(x).relu())
@@ -23,10 +24,10 @@ def test_codes_are_relu_of_pre_activations_and_decoder_starts_short():
 
 def test_penalty_is_l1_weighted_by_decoder_row_norms():
     torch.manual_seed(0)
-    sae, x = ReLUSAE(8, 5), 10 * torch.randn(2, 3, 8)
+    sae, x = ReLUSAE(ReLUConfig(d_in=8, d_sae=5)), 10 * torch.randn(2, 3, 8)
     with torch.no_grad():
         sae.W_dec.mul_(torch.tensor([1.0, 2.0, 0.5, 3.0, 0.1])[:, None])
-    out = sae(x)
+    out = sae(x, window_starts(2, 3))
     expected = torch.zeros(2, 3)
     for b in range(2):
         for t in range(3):
@@ -38,7 +39,7 @@ def test_penalty_is_l1_weighted_by_decoder_row_norms():
 
 def test_trains_to_low_fvu_and_sparse_codes(fit, token_windows, evaluate):
     torch.manual_seed(0)
-    sae = ReLUSAE(64, 128)
+    sae = ReLUSAE(ReLUConfig(d_in=64, d_sae=128))
     sae.init_from_data(token_windows.flatten(0, 1))
     fvu_init, l0_init = evaluate(sae, token_windows)
     fit(sae, token_windows, loss=LossConfig(sparsity=1.0), steps=200, lr=1e-2)
@@ -52,5 +53,4 @@ def test_trains_to_low_fvu_and_sparse_codes(fit, token_windows, evaluate):
 
 def test_save_load_round_trip(token_windows, round_trip, tmp_path):
     torch.manual_seed(0)
-    cfg = ReLUConfig(d_in=64, d_sae=128, decoder_init_norm=0.2)
-    round_trip(ReLUSAE(64, 128, decoder_init_norm=0.2), cfg, token_windows[:4], tmp_path / "sae.safetensors")
+    round_trip(ReLUSAE(ReLUConfig(d_in=64, d_sae=128, decoder_init_norm=0.2)), token_windows[:4], tmp_path / "sae.safetensors")
