@@ -124,17 +124,27 @@ class SAE(nn.Module):
         tmp.replace(path)
 
 
+SAELENS_PREFIX = "saelens:"
+
+
 def load_sae(path: str | Path, map_location: str = "cpu") -> tuple[SAE, dict]:
-    """Rebuild an SAE from a file written by ``SAE.save``: its config's ``_target_`` names the class."""
+    """Rebuild an SAE from a file written by ``SAE.save`` (its config's ``_target_`` names the class),
+    or from a SAELens folder given as ``saelens:<folder>`` (``ctxsae.models.saelens``: raw units, act_scale 1)."""
     from hydra.utils import instantiate
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no SAE file at {path}: pass the sae.safetensors of a finished run")
-    with safe_open(str(path), framework="pt") as f:
-        config = json.loads(f.metadata()["config"])
+    if str(path).startswith(SAELENS_PREFIX):
+        from ctxsae.models.saelens import read_saelens
+
+        config, state = read_saelens(str(path)[len(SAELENS_PREFIX) :])
+    else:
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"no SAE file at {path}: pass the sae.safetensors of a finished run")
+        with safe_open(str(path), framework="pt") as f:
+            config = json.loads(f.metadata()["config"])
+        state = load_file(str(path))
     sae = instantiate(config)
-    sae.load_state_dict(load_file(str(path), device=map_location))
-    return sae, config
+    sae.load_state_dict(state)
+    return sae.to(map_location), config
