@@ -13,6 +13,7 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from ctxsae.config import exit_if_out_of_range
 from ctxsae.errors import UserError, unwrap
 from ctxsae.evaluate import register_eval_config
 
@@ -23,6 +24,7 @@ register_eval_config()
 def main(cfg: DictConfig) -> float | None:
     from ctxsae.evaluate import evaluate_run
 
+    exit_if_out_of_range(cfg)
     try:
         results = evaluate_run(OmegaConf.to_object(cfg))
     except Exception as e:

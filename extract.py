@@ -12,7 +12,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from ctxsae.config import register_configs
+from ctxsae.config import exit_if_out_of_range, register_configs
 from ctxsae.errors import UserError, unwrap
 
 register_configs()
@@ -22,6 +22,7 @@ register_configs()
 def main(cfg: DictConfig) -> None:
     from ctxsae.train.run import extract
 
+    exit_if_out_of_range(cfg)
     try:
         cache = extract(cfg)
     except Exception as e:

@@ -10,7 +10,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from ctxsae.config import register_configs
+from ctxsae.config import exit_if_out_of_range, register_configs
 from ctxsae.errors import UserError, unwrap
 
 register_configs()
@@ -20,6 +20,7 @@ register_configs()
 def main(cfg: DictConfig) -> float:
     from ctxsae.train.run import format_summary, train
 
+    exit_if_out_of_range(cfg)  # a multirun job's own values (CheckRanges saw the shared config)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         summary = train(cfg, run_dir)

@@ -9,13 +9,18 @@ their defaults list; ``_target_`` then names the class: the registry is Hydra it
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
 
 from ctxsae.cache.store import CacheConfig
+from ctxsae.errors import UserError
 from ctxsae.extract.activations import LMConfig
+from ctxsae.ranges import at_least, check_ranges
 from ctxsae.train.datamodule import DataConfig
 from ctxsae.train.module import OptimConfig
 from ctxsae.train.objective import LossConfig
@@ -23,16 +28,16 @@ from ctxsae.train.objective import LossConfig
 
 @dataclass
 class TrainerConfig:
-    max_tokens: int = 1_000_000  # training length in tokens (all positions of the batch windows)
+    max_tokens: int = field(default=1_000_000, metadata=at_least(1))  # training length in tokens (all positions of the batch windows)
     accelerator: str = "auto"  # cpu | gpu | auto
     devices: Any = "auto"
-    num_nodes: int = 1
+    num_nodes: int = field(default=1, metadata=at_least(1))
     strategy: str = "auto"  # e.g. ddp
     precision: str = "32-true"  # bf16-mixed on GPUs that support it
-    gradient_clip_val: float = 1.0
-    log_every_n_steps: int = 10
-    val_every_n_steps: int = 100  # validation FVU / L0 on held-out windows
-    checkpoint_every_n_steps: int = 100  # a killed run resumes from the latest of these
+    gradient_clip_val: float = field(default=1.0, metadata=at_least(0))
+    log_every_n_steps: int = field(default=10, metadata=at_least(1))
+    val_every_n_steps: int = field(default=100, metadata=at_least(1))  # validation FVU / L0 on held-out windows
+    checkpoint_every_n_steps: int = field(default=100, metadata=at_least(1))  # a killed run resumes from the latest of these
     enable_progress_bar: bool = True
 
 
@@ -57,3 +62,26 @@ def register_configs() -> None:
     cs.store(name="train_schema", node=TrainConfig)
     for name, node in schemas().items():
         cs.store(group="schema/model", name=name, node=node)
+
+
+class CheckRanges(Callback):
+    """Every numeric field in its declared range (``ctxsae.ranges``) before Hydra creates a run directory.
+
+    Named in conf/train.yaml's ``hydra.callbacks``. A multirun checks its shared config here; the
+    values each job sweeps are checked again at the start of the job (train.py).
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        exit_if_out_of_range(config)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        exit_if_out_of_range(config)
+
+
+def exit_if_out_of_range(cfg: DictConfig) -> None:
+    """The one-line error of ``check_ranges`` and exit status 1, as the entry points end on bad input."""
+    try:
+        check_ranges(cfg)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)

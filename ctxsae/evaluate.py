@@ -40,6 +40,7 @@ from ctxsae.metrics.reconstruction import Reconstruction
 from ctxsae.metrics.sparsity import Sparsity
 from ctxsae.metrics.temporal import Temporal, ground_truth_regions
 from ctxsae.models.base import SAE, load_sae
+from ctxsae.ranges import at_least, between
 from ctxsae.report.markdown import flatten, to_markdown
 from ctxsae.report.plots import activation_heatmap
 from ctxsae.train.objective import Windows
@@ -47,7 +48,7 @@ from ctxsae.train.objective import Windows
 
 @dataclass
 class ProbeConfig:
-    n_windows: int = 64  # stitched two-language windows (0: no probe)
+    n_windows: int = field(default=64, metadata=at_least(0))  # stitched two-language windows (0: no probe)
     root: str = FORTUNES_ROOT  # the fortunes install the two-language texts come from
     pairs: list[str] = field(default_factory=lambda: list(DEFAULT_SWITCH_PAIRS))  # "a-b": a fortune in a, then one in b
     joiner: str = "\n\n"  # between the two fortunes (also in the same-language control windows)
@@ -58,14 +59,14 @@ class ProbeConfig:
 class EvalConfig:
     run: str = "???"  # a run directory (config.yaml + sae.safetensors), or the sae.safetensors inside one
     device: str = "auto"  # auto (cuda if available) | cpu | cuda[:i]
-    batch_windows: int = 8  # windows per SAE / LM forward pass
-    max_windows: int = 0  # held-out windows evaluated (0: the whole val split)
+    batch_windows: int = field(default=8, metadata=at_least(1))  # windows per SAE / LM forward pass
+    max_windows: int = field(default=0, metadata=at_least(0))  # held-out windows evaluated (0: the whole val split)
     downstream: bool = True  # splice the reconstruction into the LM (text data only)
-    dense_threshold: float = 0.1  # a latent firing at more than this share of positions is dense
-    region_gap: int = 2  # silent positions a region may contain (regions: see ctxsae.metrics.temporal)
-    region_min_len: int = 4  # shortest span that counts as a region
-    heatmap_windows: int = 2  # held-out windows drawn as latent heatmaps (plus one probe window)
-    heatmap_latents: int = 8  # latents per heatmap
+    dense_threshold: float = field(default=0.1, metadata=between(0, 1, lo_open=True))  # a latent firing at more than this share of positions is dense
+    region_gap: int = field(default=2, metadata=at_least(0))  # silent positions a region may contain (regions: see ctxsae.metrics.temporal)
+    region_min_len: int = field(default=4, metadata=at_least(1))  # shortest span that counts as a region
+    heatmap_windows: int = field(default=2, metadata=at_least(0))  # held-out windows drawn as latent heatmaps (plus one probe window)
+    heatmap_latents: int = field(default=8, metadata=at_least(1))  # latents per heatmap
     tensorboard: bool = True  # log figures, histograms and hparams under <run>/tb
     report: str = "none"  # none | html: also write the feature browser (ctxsae.browse) into <run>/browse/
     probe: ProbeConfig = field(default_factory=ProbeConfig)

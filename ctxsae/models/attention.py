@@ -51,7 +51,7 @@ kept only where those positions hold most of a head's attention. Design choices,
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -59,19 +59,20 @@ from torch import Tensor, nn
 
 from ctxsae.models.base import SAEConfig, SAEOutput
 from ctxsae.models.topk import TopKSAE, decode_sparse, topk_relu
+from ctxsae.ranges import at_least, between
 
 
 @dataclass
 class AttentionConfig(SAEConfig):
     _target_: str = "ctxsae.models.attention.AttentionSAE"
-    k: int = 32  # novel codes per position
-    k_values: int = 64  # per-token codes per position that later positions may carry (the values)
-    n_heads: int = 4  # attention heads; feature i listens to a softmax mixture of them
-    d_head: int = 16  # query/key width per head: the pathway stays small (2 d_in n_heads d_head weights)
-    n_attend: int = 8  # earlier positions each head reads at each query (its best-scoring ones)
-    value_rank: int = 0  # 0: per-feature carry; r > 0: ablation, rank-r cross-feature value map
+    k: int = field(default=32, metadata=between(1, "d_sae"))  # novel codes per position
+    k_values: int = field(default=64, metadata=between(1, "d_sae"))  # per-token codes per position that later positions may carry (the values)
+    n_heads: int = field(default=4, metadata=at_least(1))  # attention heads; feature i listens to a softmax mixture of them
+    d_head: int = field(default=16, metadata=at_least(1))  # query/key width per head: the pathway stays small (2 d_in n_heads d_head weights)
+    n_attend: int = field(default=8, metadata=at_least(1))  # earlier positions each head reads at each query (its best-scoring ones)
+    value_rank: int = field(default=0, metadata=at_least(0))  # 0: per-feature carry; r > 0: ablation, rank-r cross-feature value map
     carry_init: float = -0.1  # initial carry logit rho (< 0: every feature starts closed, the model is TopK)
-    auxk_k: int = 512  # dead latents the AuxK loss may use per position
+    auxk_k: int = field(default=512, metadata=at_least(1))  # dead latents the AuxK loss may use per position
 
 
 def attention_bias(doc_start_BT: Tensor, slope_H: Tensor) -> Tensor:

@@ -20,12 +20,14 @@ and ``normalize``/``denormalize`` apply it to raw activations later.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
+
+from ctxsae.ranges import at_least
 
 
 class SAEOutput(NamedTuple):
@@ -40,8 +42,8 @@ class SAEConfig:
     """Fields every SAE config has. ``d_in=None`` means: take it from the activation cache."""
 
     _target_: str = "???"
-    d_in: int | None = None
-    d_sae: int = 2304
+    d_in: int | None = field(default=None, metadata=at_least(1))
+    d_sae: int = field(default=2304, metadata=at_least(1))
 
 
 class SAE(nn.Module):

@@ -40,7 +40,7 @@ the scaled-unit-norm initialisation of the attention maps. Deviations, and why:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -48,16 +48,17 @@ from torch import Tensor, nn
 
 from ctxsae.models.base import SAEConfig, SAEOutput
 from ctxsae.models.topk import TopKSAE, decode_sparse, topk_relu
+from ctxsae.ranges import at_least, between
 
 
 @dataclass
 class TFAConfig(SAEConfig):
     _target_: str = "ctxsae.models.tfa.TFASAE"
-    k: int = 32  # novel codes per position (TopK of the residual's codes)
-    n_heads: int = 4  # attention heads
-    bottleneck_factor: int = 64  # query/key width = d_sae // bottleneck_factor (reference default 64)
-    d_value: int = 0  # width of the value/output maps; 0: d_sae, as in the reference
-    auxk_k: int = 512  # dead latents the AuxK loss may use per position
+    k: int = field(default=32, metadata=between(1, "d_sae"))  # novel codes per position (TopK of the residual's codes)
+    n_heads: int = field(default=4, metadata=at_least(1))  # attention heads
+    bottleneck_factor: int = field(default=64, metadata=between(1, "d_sae"))  # query/key width = d_sae // bottleneck_factor (reference default 64)
+    d_value: int = field(default=0, metadata=at_least(0))  # width of the value/output maps; 0: d_sae, as in the reference
+    auxk_k: int = field(default=512, metadata=at_least(1))  # dead latents the AuxK loss may use per position
 
 
 def shifted_doc_mask(doc_start_BT: Tensor) -> Tensor:

@@ -8,7 +8,7 @@ training seed, so every run of a sweep is evaluated on the same windows in the s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import lightning as L
@@ -20,17 +20,18 @@ from ctxsae.cache.dataset import CachedWindows, collate_windows
 from ctxsae.cache.source import ActivationSource
 from ctxsae.cache.store import ActivationCache, CacheConfig, open_or_build
 from ctxsae.errors import UserError
+from ctxsae.ranges import at_least, between, fraction
 
 
 @dataclass
 class DataConfig:
     source: Any = None  # _target_ node: a text source (fortunes, hf, local) or an activation source (synthetic)
-    n_ctx: int = 128  # tokens per window
-    max_windows: int = 2048  # windows drawn (seeded) from the whole tokenised corpus; 0 = all
-    exclude_first: int = 1  # positions at each window start left out of loss and metrics (attention sink)
-    val_fraction: float = 0.05  # share of windows held out for validation and evaluation
-    batch_windows: int = 32  # windows per training batch (32 x 128 = 4096 tokens)
-    num_workers: int = 0  # DataLoader worker processes (reads are memory-mapped and cheap)
+    n_ctx: int = field(default=128, metadata=at_least(1))  # tokens per window
+    max_windows: int = field(default=2048, metadata=at_least(0))  # windows drawn (seeded) from the whole tokenised corpus; 0 = all
+    exclude_first: int = field(default=1, metadata=between(0, "n_ctx", hi_open=True))  # positions at each window start left out of loss and metrics (attention sink)
+    val_fraction: float = field(default=0.05, metadata=fraction())  # share of windows held out for validation and evaluation
+    batch_windows: int = field(default=32, metadata=at_least(1))  # windows per training batch (32 x 128 = 4096 tokens)
+    num_workers: int = field(default=0, metadata=at_least(0))  # DataLoader worker processes (reads are memory-mapped and cheap)
     seed: int = 0  # which windows are drawn and which are held out
 
 
