@@ -86,7 +86,10 @@ class SAEModule(L.LightningModule):
         if self.sae.unit_norm_decoder:
             self.sae.remove_parallel_decoder_grad()
 
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # Part of the step, not of on_train_batch_end: checkpoint callbacks run before the module's
+        # on_train_batch_end, and a checkpoint holding un-normalised rows would resume off course.
         if self.sae.unit_norm_decoder:
             self.sae.normalize_decoder()
 

@@ -77,7 +77,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict | None:
         print(f"{run_dir} already holds a finished run: skipping it (delete summary.json to retrain)")
         return json.loads(finished.read_text())
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    dm = ActivationDataModule(build_source(cfg), cfg.data, cfg.cache)
+    dm = ActivationDataModule(build_source(cfg), cfg.data, cfg.cache, order_seed=cfg.seed)
     dm.prepare_data()
     dm.setup("fit")
 
