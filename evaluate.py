@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ctxsae.errors import entry_point
 from ctxsae.eval.config import register_eval_config
+from ctxsae.ranges import check_ranges
 
 register_eval_config()
 
@@ -22,6 +23,7 @@ register_eval_config()
 def main(cfg: DictConfig) -> float:
     from ctxsae.eval.run import evaluate_run
 
+    check_ranges(cfg)
     cfg = OmegaConf.to_object(cfg)
     if cfg.report == "html":
         from ctxsae.browse import evaluate_and_browse

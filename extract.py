@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 
 from ctxsae.config import register_configs
 from ctxsae.errors import entry_point
+from ctxsae.ranges import check_ranges
 
 register_configs()
 
@@ -22,6 +23,7 @@ def main(cfg: DictConfig) -> None:
     from ctxsae.cache.store import open_or_build
     from ctxsae.train.datamodule import activation_source
 
+    check_ranges(cfg)
     cache = open_or_build(activation_source(cfg), cfg.cache)
     rate = cache.manifest.get("extract_tokens_per_s")
     print(f"activation cache ready: {cache.n_windows:,} windows of {cache.n_ctx} tokens, d_in {cache.d_in}"

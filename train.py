@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 from ctxsae.config import register_configs
 from ctxsae.errors import entry_point, unwrap
+from ctxsae.ranges import check_ranges
 from ctxsae.train.run_dir import RunDir
 
 register_configs()
@@ -21,6 +22,7 @@ register_configs()
 def main(cfg: DictConfig) -> float:
     from ctxsae.train.run import format_summary, train
 
+    check_ranges(cfg)  # a multirun job's own values (ctxsae.config.CheckRanges saw the shared config)
     run_dir = RunDir(Path(HydraConfig.get().runtime.output_dir))
     try:
         summary = train(cfg, run_dir)

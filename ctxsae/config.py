@@ -15,9 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
 
 from ctxsae.cache.store import CacheConfig
+from ctxsae.errors import UserError, exit_with
 from ctxsae.extract.activations import LMConfig
+from ctxsae.ranges import at_least, check_ranges
 from ctxsae.train.datamodule import DataConfig
 from ctxsae.train.module import OptimConfig
 from ctxsae.train.objective import LossConfig
@@ -34,7 +38,7 @@ class TrainConfig:
     trainer: Any = None  # _target_ node: lightning.pytorch.Trainer and its arguments
     callbacks: Any = None  # {name: _target_ node} of Lightning callbacks
     logger: Any = None  # _target_ node of a Lightning logger
-    max_tokens: int = 1_000_000  # training length in tokens (all positions of the batch windows)
+    max_tokens: int = field(default=1_000_000, metadata=at_least(1))  # training length in tokens (all positions of the batch windows)
     seed: int = 0  # SAE initialisation and batch order
     resume: str | None = None  # a checkpoint or run directory to resume; default: this run dir's last.ckpt
 
@@ -46,3 +50,26 @@ def register_configs() -> None:
     cs.store(name="train_schema", node=TrainConfig)
     for name, node in schemas().items():
         cs.store(group="schema/model", name=name, node=node)
+
+
+class CheckRanges(Callback):
+    """Every numeric field in its declared range (``ctxsae.ranges``) before Hydra creates a run directory.
+
+    Named in conf/train.yaml's ``hydra.callbacks``. A multirun checks its shared config here; the
+    values each job sweeps are checked again at the start of the job (train.py). The trainer's own
+    arguments are Lightning's to check, when the trainer is built (before any work).
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        exit_if_out_of_range(config)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        exit_if_out_of_range(config)
+
+
+def exit_if_out_of_range(cfg: DictConfig) -> None:
+    """``check_ranges``, ending the program with its one line (a Hydra callback runs outside the entry point)."""
+    try:
+        check_ranges(cfg)
+    except UserError as e:
+        exit_with(e)

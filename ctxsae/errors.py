@@ -29,6 +29,12 @@ def unwrap(error: BaseException) -> BaseException:
     return error.__cause__ if isinstance(error, InstantiationException) and error.__cause__ else error
 
 
+def exit_with(error: UserError) -> None:
+    """End the program as the entry points end on bad input: ``error: <message>`` on stderr, exit status 1."""
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(1)
+
+
 def entry_point(main: F) -> F:
     """An entry point's main: a ``UserError`` (also one raised inside Hydra's ``instantiate``) becomes
     ``error: <message>`` on stderr and exit status 1, with no traceback."""
@@ -41,7 +47,6 @@ def entry_point(main: F) -> F:
             cause = unwrap(e)
             if not isinstance(cause, UserError):
                 raise
-            print(f"error: {cause}", file=sys.stderr)
-            sys.exit(1)
+            exit_with(cause)
 
     return wrapper

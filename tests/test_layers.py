@@ -11,6 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Lowest first: a module may import its own package and any package of a lower layer.
 LAYERS = [
     ["errors"],
+    ["ranges"],
     ["data"],
     ["extract"],
     ["cache"],
@@ -19,7 +20,7 @@ LAYERS = [
     ["train"],
     ["config"],
     ["eval"],
-    ["report", "browse", "bench"],
+    ["report", "browse", "bench", "export"],
 ]
 LAYER = {package: level for level, packages in enumerate(LAYERS) for package in packages}
 

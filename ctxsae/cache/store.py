@@ -21,7 +21,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,7 @@ from filelock import FileLock
 
 from ctxsae.data.source import ActivationSource
 from ctxsae.errors import UserError
+from ctxsae.ranges import at_least
 
 FORMAT_VERSION = 1
 ARRAYS = ("x", "tokens", "doc_start")
@@ -38,7 +39,7 @@ ARRAYS = ("x", "tokens", "doc_start")
 class CacheConfig:
     root: str = "~/.cache/ctxsae/activations"  # one sub-folder per fingerprint
     dtype: str = "float16"  # storage dtype of activations (float16 halves disk and read bandwidth)
-    shard_windows: int = 256  # windows per shard: the unit of atomic writes and resume
+    shard_windows: int = field(default=256, metadata=at_least(1))  # windows per shard: the unit of atomic writes and resume
     verify: bool = True  # check every shard's sha256 when opening (about 1 s per GB)
 
 

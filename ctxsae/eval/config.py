@@ -7,11 +7,12 @@ from dataclasses import dataclass, field
 from ctxsae.data.text import DEFAULT_SWITCH_PAIRS, FORTUNES_ROOT
 from ctxsae.errors import UserError
 from ctxsae.metrics import MetricsConfig
+from ctxsae.ranges import at_least
 
 
 @dataclass
 class ProbeConfig:
-    n_windows: int = 64  # stitched two-language windows (0: no probe)
+    n_windows: int = field(default=64, metadata=at_least(0))  # stitched two-language windows (0: no probe)
     root: str = FORTUNES_ROOT  # the fortunes install the two-language texts come from
     pairs: list[str] = field(default_factory=lambda: list(DEFAULT_SWITCH_PAIRS))  # "a-b": a fortune in a, then one in b
     joiner: str = "\n\n"  # between the two fortunes (also in the same-language control windows)
@@ -22,12 +23,12 @@ class ProbeConfig:
 class EvalConfig:
     run: str = "???"  # a run directory (config.yaml + sae.safetensors), or the sae.safetensors inside one
     device: str = "auto"  # auto (cuda if available) | cpu | cuda[:i]
-    batch_windows: int = 8  # windows per SAE / LM forward pass
-    held_out_windows: int = 0  # evaluate the first N held-out windows (0: the whole val split)
+    batch_windows: int = field(default=8, metadata=at_least(1))  # windows per SAE / LM forward pass
+    held_out_windows: int = field(default=0, metadata=at_least(0))  # evaluate the first N held-out windows (0: the whole val split)
     downstream: bool = True  # splice the reconstruction into the LM (text data only)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)  # dense threshold, region gap and length
-    heatmap_windows: int = 2  # held-out windows drawn as latent heatmaps (plus one probe window)
-    heatmap_latents: int = 8  # latents per heatmap
+    heatmap_windows: int = field(default=2, metadata=at_least(0))  # held-out windows drawn as latent heatmaps (plus one probe window)
+    heatmap_latents: int = field(default=8, metadata=at_least(1))  # latents per heatmap
     tensorboard: bool = True  # log figures, histograms and hparams under <run>/tb
     report: str = "none"  # none | html: also write the feature browser (ctxsae.browse) into <run>/browse/
     probe: ProbeConfig = field(default_factory=ProbeConfig)

@@ -9,7 +9,7 @@ are only loaded when the cache actually needs filling.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -21,6 +21,7 @@ from ctxsae.data.source import ActivationChunk
 from ctxsae.data.windows import make_windows
 from ctxsae.errors import UserError
 from ctxsae.extract.lm import LoadedLM
+from ctxsae.ranges import at_least
 
 # Where the decoder blocks live, and what their attention / MLP submodules are called.
 LAYOUTS = {
@@ -34,9 +35,9 @@ SITES = ("resid_post", "attn_out", "mlp_out")
 @dataclass
 class LMConfig:
     loader: Any = None  # _target_ node returning a LoadedLM (ctxsae.extract.lm.load_*)
-    layer: int = 8  # decoder block index of the hook
+    layer: int = field(default=8, metadata=at_least(0))  # decoder block index of the hook
     site: str = "resid_post"  # resid_post (block output) | attn_out | mlp_out
-    batch_windows: int = 8  # windows per LM forward pass during extraction
+    batch_windows: int = field(default=8, metadata=at_least(1))  # windows per LM forward pass during extraction
 
 
 def get_attr(obj: Any, dotted: str) -> Any:

@@ -9,13 +9,14 @@ summary and the browser read each window once, and per-batch figures are never a
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
 
 from ctxsae.cache.dataset import Windows
 from ctxsae.models.base import SAE, ContextualSAE, SAEOutput
+from ctxsae.ranges import at_least, between
 
 
 class Accumulator(Protocol):
@@ -30,9 +31,9 @@ class Accumulator(Protocol):
 class MetricsConfig:
     """Settings of the held-out accumulators (``held_out_accumulators``)."""
 
-    dense_threshold: float = 0.1  # a latent firing at more than this share of positions is dense
-    region_gap: int = 2  # silent positions a region may contain (regions: see ctxsae.metrics.temporal)
-    region_min_len: int = 4  # shortest span that counts as a region
+    dense_threshold: float = field(default=0.1, metadata=between(0, 1, lo_open=True))  # a latent firing at more than this share of positions is dense
+    region_gap: int = field(default=2, metadata=at_least(0))  # silent positions a region may contain (regions: see ctxsae.metrics.temporal)
+    region_min_len: int = field(default=4, metadata=at_least(1))  # shortest span that counts as a region
 
 
 def held_out_accumulators(sae: SAE, cfg: MetricsConfig, device: torch.device | str = "cpu") -> dict[str, Accumulator]:

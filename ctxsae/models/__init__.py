@@ -17,6 +17,10 @@ from omegaconf import DictConfig, OmegaConf
 from ctxsae.errors import UserError
 from ctxsae.models import attention, batchtopk, jumprelu, recurrent, relu, tfa, topk  # noqa: F401 (each registers its architecture)
 from ctxsae.models.base import ARCHITECTURES, SAE, SAEConfig
+from ctxsae.models.saelens import read_saelens
+
+#: ``load_sae(SAELENS_PREFIX + folder)`` reads a SAELens SAE (``ctxsae.models.saelens``).
+SAELENS_PREFIX = "saelens:"
 
 
 def schemas() -> dict[str, type[SAEConfig]]:
@@ -37,7 +41,8 @@ def build_sae(config: SAEConfig | Mapping[str, Any]) -> SAE:
 
 
 def load_sae(path: str | Path, map_location: str = "cpu") -> SAE:
-    """Rebuild an SAE from a file written by ``SAE.save``; its config is ``sae.cfg``.
+    """Rebuild an SAE from a file written by ``SAE.save``, or a SAELens SAE from ``saelens:<folder>``
+    (in raw units: act_scale 1); its config is ``sae.cfg``.
 
     Files written before the registry carry no "architecture": their config's ``_target_`` named
     the class by module path, and each module was named after its architecture
@@ -46,6 +51,11 @@ def load_sae(path: str | Path, map_location: str = "cpu") -> SAE:
     from safetensors import safe_open
     from safetensors.torch import load_file
 
+    if str(path).startswith(SAELENS_PREFIX):
+        config, state = read_saelens(str(path)[len(SAELENS_PREFIX) :])
+        sae = build_sae(config)
+        sae.load_state_dict(state)
+        return sae.to(map_location)
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no SAE file at {path}: pass the sae.safetensors of a finished run")

@@ -51,23 +51,24 @@ kept only where those positions hold most of a head's attention. Design choices,
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
 from ctxsae.models.base import ContextualSAE, SAEOutput
 from ctxsae.models.topk import TopKConfig, TopKSAE, decode_masked, topk_relu
+from ctxsae.ranges import at_least, between
 
 
 @dataclass
 class AttentionConfig(TopKConfig):
     _target_: str = "ctxsae.models.attention.AttentionSAE"
-    k_values: int = 64  # per-token codes per position that later positions may carry (the values)
-    n_heads: int = 4  # attention heads; feature i listens to a softmax mixture of them
-    d_head: int = 16  # query/key width per head: the pathway stays small (2 d_in n_heads d_head weights)
-    n_attend: int = 8  # earlier positions each head reads at each query (its best-scoring ones)
-    value_rank: int = 0  # 0: per-feature carry; r > 0: ablation, rank-r cross-feature value map
+    k_values: int = field(default=64, metadata=between(1, "d_sae"))  # per-token codes per position that later positions may carry (the values)
+    n_heads: int = field(default=4, metadata=at_least(1))  # attention heads; feature i listens to a softmax mixture of them
+    d_head: int = field(default=16, metadata=at_least(1))  # query/key width per head: the pathway stays small (2 d_in n_heads d_head weights)
+    n_attend: int = field(default=8, metadata=at_least(1))  # earlier positions each head reads at each query (its best-scoring ones)
+    value_rank: int = field(default=0, metadata=at_least(0))  # 0: per-feature carry; r > 0: ablation, rank-r cross-feature value map
     carry_init: float = -0.1  # initial carry logit rho (< 0: every feature starts closed, the model is TopK)
 
 

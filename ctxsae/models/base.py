@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import abc
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
+
+from ctxsae.ranges import at_least
 
 
 class SAEOutput(NamedTuple):
@@ -56,8 +58,8 @@ class SAEConfig:
     fills it in before building the SAE). ``_target_`` names the SAE class for ``build_sae``."""
 
     _target_: str = "???"
-    d_in: int | None = None
-    d_sae: int = 2304
+    d_in: int | None = field(default=None, metadata=at_least(1))
+    d_sae: int = field(default=2304, metadata=at_least(1))
 
 
 #: architecture name -> SAE class; every concrete variant adds itself when its module is imported.

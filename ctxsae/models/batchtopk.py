@@ -19,19 +19,20 @@ large norms will take a share of the k * n_tokens slots.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from ctxsae.models.base import SAEOutput
 from ctxsae.models.topk import TopKConfig, TopKSAE, decode_sparse, topk_relu
+from ctxsae.ranges import between
 
 
 @dataclass
 class BatchTopKConfig(TopKConfig):
     _target_: str = "ctxsae.models.batchtopk.BatchTopKSAE"
-    threshold_momentum: float = 0.01  # EMA weight of each training batch's minimum kept activation
+    threshold_momentum: float = field(default=0.01, metadata=between(0, 1, lo_open=True))  # EMA weight of each training batch's minimum kept activation
 
 
 class BatchTopKSAE(TopKSAE):

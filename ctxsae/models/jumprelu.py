@@ -27,19 +27,20 @@ theta_0 costs thousands of steps of climbing: from 0.3, 400 steps at lr 2e-3 end
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
 from ctxsae.models.base import SAE, SAEConfig, SAEOutput
+from ctxsae.ranges import above
 
 
 @dataclass
 class JumpReLUConfig(SAEConfig):
     _target_: str = "ctxsae.models.jumprelu.JumpReLUSAE"
-    threshold_init: float = 1.0  # initial theta of every latent (inputs have E|x|^2 = d_in)
-    bandwidth: float = 0.05  # width eps of the rectangle kernel in the STE for theta
+    threshold_init: float = field(default=1.0, metadata=above(0))  # initial theta of every latent (inputs have E|x|^2 = d_in)
+    bandwidth: float = field(default=0.05, metadata=above(0))  # width eps of the rectangle kernel in the STE for theta
 
 
 def _rectangle(u: Tensor) -> Tensor:

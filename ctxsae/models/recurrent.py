@@ -47,21 +47,22 @@ does to the reconstruction, not the code slots its resets take from other latent
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
 from ctxsae.models.base import ContextualSAE, SAEOutput
 from ctxsae.models.topk import TopKConfig, TopKSAE, decode_masked
+from ctxsae.ranges import above, fraction
 
 
 @dataclass
 class RecurrentConfig(TopKConfig):
     _target_: str = "ctxsae.models.recurrent.RecurrentSAE"
-    retention_init: float = 0.0  # initial retention lambda of every latent (0: context closed, the SAE starts as TopK)
-    retention_speed: float = 10.0  # lambda = clamp(retention_speed * parameter): crosses [0, 1] in ~1 / (speed * lr) Adam steps
-    drop_below: float = 0.1  # a held value is zeroed once it has decayed below this fraction of the value its code set
+    retention_init: float = field(default=0.0, metadata=fraction(hi_open=False))  # initial retention lambda of every latent (0: context closed, the SAE starts as TopK)
+    retention_speed: float = field(default=10.0, metadata=above(0))  # lambda = clamp(retention_speed * parameter): crosses [0, 1] in ~1 / (speed * lr) Adam steps
+    drop_below: float = field(default=0.1, metadata=fraction())  # a held value is zeroed once it has decayed below this fraction of the value its code set
     learn_retention: bool = True  # False: lambda stays at retention_init (the fixed-retention ablation)
 
 

@@ -11,18 +11,19 @@ was for, and leaves the optimiser free to use the row norms.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from ctxsae.models.base import SAE, SAEConfig, SAEOutput
+from ctxsae.ranges import above
 
 
 @dataclass
 class ReLUConfig(SAEConfig):
     _target_: str = "ctxsae.models.relu.ReLUSAE"
-    decoder_init_norm: float = 0.1  # initial L2 norm of every decoder row (and encoder column)
+    decoder_init_norm: float = field(default=0.1, metadata=above(0))  # initial L2 norm of every decoder row (and encoder column)
 
 
 class ReLUSAE(SAE):

@@ -40,7 +40,7 @@ the scaled-unit-norm initialisation of the attention maps. Deviations, and why:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -48,14 +48,15 @@ from torch import Tensor, nn
 
 from ctxsae.models.base import ContextualSAE, SAEOutput
 from ctxsae.models.topk import TopKConfig, TopKSAE
+from ctxsae.ranges import at_least, between
 
 
 @dataclass
 class TFAConfig(TopKConfig):
     _target_: str = "ctxsae.models.tfa.TFASAE"
-    n_heads: int = 4  # attention heads
-    bottleneck_factor: int = 64  # query/key width = d_sae // bottleneck_factor (reference default 64)
-    d_value: int = 0  # width of the value/output maps; 0: d_sae, as in the reference
+    n_heads: int = field(default=4, metadata=at_least(1))  # attention heads
+    bottleneck_factor: int = field(default=64, metadata=between(1, "d_sae"))  # query/key width = d_sae // bottleneck_factor (reference default 64)
+    d_value: int = field(default=0, metadata=at_least(0))  # width of the value/output maps; 0: d_sae, as in the reference
 
 
 def shifted_doc_mask(doc_start_BT: Tensor) -> Tensor:

@@ -15,20 +15,21 @@ and ``decode_masked`` for decoding context values whose support is not a fixed k
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ctxsae.models.base import SAE, SAEConfig, SAEOutput
+from ctxsae.ranges import at_least, between
 
 
 @dataclass
 class TopKConfig(SAEConfig):
     _target_: str = "ctxsae.models.topk.TopKSAE"
-    k: int = 32  # active latents per position (novel codes per position in the contextual variants)
-    auxk_k: int = 512  # dead latents the AuxK loss may use per position
+    k: int = field(default=32, metadata=between(1, "d_sae"))  # active latents per position (novel codes per position in the contextual variants)
+    auxk_k: int = field(default=512, metadata=at_least(1))  # dead latents the AuxK loss may use per position
 
 
 def topk_relu(pre_NF: Tensor, k: int) -> tuple[Tensor, Tensor]:

@@ -8,8 +8,8 @@ training seed, so every run of a sweep is evaluated on the same windows in the s
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import lightning as L
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, Sampler, SequentialSampler
 
 from ctxsae.cache.dataset import CachedWindows, Windows, collate_windows
 from ctxsae.cache.store import ActivationCache, CacheConfig, open_or_build
@@ -25,18 +25,53 @@ from ctxsae.data.source import ActivationSource
 from ctxsae.data.text import TextSource
 from ctxsae.errors import UserError
 from ctxsae.extract.activations import LMActivations
+from ctxsae.ranges import at_least, between, fraction
 
 
 @dataclass
 class DataConfig:
     source: Any = None  # _target_ node: a text source (fortunes, hf, local) or an activation source (synthetic)
-    n_ctx: int = 128  # tokens per window
-    draw_windows: int = 2048  # windows drawn at random (seeded) from the whole tokenised corpus; 0 = all
-    exclude_first: int = 1  # positions at each window start left out of loss and metrics (attention sink)
-    val_fraction: float = 0.05  # share of windows held out for validation and evaluation
-    batch_windows: int = 32  # windows per training batch (32 x 128 = 4096 tokens)
-    num_workers: int = 0  # DataLoader worker processes (reads are memory-mapped and cheap)
+    n_ctx: int = field(default=128, metadata=at_least(1))  # tokens per window
+    draw_windows: int = field(default=2048, metadata=at_least(0))  # windows drawn at random (seeded) from the whole tokenised corpus; 0 = all
+    exclude_first: int = field(default=1, metadata=between(0, "n_ctx", hi_open=True))  # positions at each window start left out of loss and metrics (attention sink)
+    val_fraction: float = field(default=0.05, metadata=fraction())  # share of windows held out for validation and evaluation
+    batch_windows: int = field(default=32, metadata=at_least(1))  # windows per training batch (32 x 128 = 4096 tokens)
+    num_workers: int = field(default=0, metadata=at_least(0))  # DataLoader worker processes (reads are memory-mapped and cheap)
     seed: int = 0  # which windows are drawn and which are held out
+
+
+class EpochOrderSampler(Sampler[int]):
+    """Training windows in a fresh permutation each epoch, drawn from (seed, epoch) alone; can start part-way in.
+
+    The order of a whole run is then a function of the seed, and a resumed run that starts after the
+    ``start`` windows it had consumed sees exactly the batches the uninterrupted run saw.
+    """
+
+    def __init__(self, n: int, seed: int, epoch_windows: int):
+        self.n, self.seed, self.epoch_windows = n, seed, epoch_windows  # epoch_windows: whole batches only
+        self.start = 0  # windows consumed before the next pass
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        epoch, offset = divmod(self.start, self.epoch_windows)
+        self.start = (epoch + 1) * self.epoch_windows  # the next pass is the next epoch, from its start
+        yield from np.random.default_rng([self.seed, epoch]).permutation(self.n)[offset:].tolist()
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader whose state (windows consumed) Lightning saves in each checkpoint and restores on resume."""
+
+    def __init__(self, *args, consumed: Callable[[], int], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.consumed = consumed
+
+    def state_dict(self) -> dict:
+        return {"windows_consumed": self.consumed()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.start = state["windows_consumed"]
 
 
 def activation_source(cfg: DictConfig) -> ActivationSource:
@@ -48,9 +83,9 @@ def activation_source(cfg: DictConfig) -> ActivationSource:
 
 
 class ActivationDataModule(L.LightningDataModule):
-    def __init__(self, source: ActivationSource, data: DataConfig, cache: CacheConfig):
+    def __init__(self, source: ActivationSource, data: DataConfig, cache: CacheConfig, order_seed: int = 0):
         super().__init__()
-        self.source, self.cfg, self.cache_cfg = source, data, cache
+        self.source, self.cfg, self.cache_cfg, self.order_seed = source, data, cache, order_seed
         self.cache: ActivationCache | None = None
 
     def prepare_data(self) -> None:
@@ -86,15 +121,6 @@ class ActivationDataModule(L.LightningDataModule):
         idx = {"train": self.train_idx, "val": self.val_idx}[split]
         return CachedWindows(self.cache, idx, self.scale, self.cfg.exclude_first)
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        ds = self.dataset(split)
-        sampler = RandomSampler(ds) if shuffle else SequentialSampler(ds)
-        return DataLoader(
-            ds, batch_size=self.cfg.batch_windows, sampler=sampler, collate_fn=collate_windows,
-            num_workers=self.cfg.num_workers, persistent_workers=self.cfg.num_workers > 0,
-            pin_memory=torch.cuda.is_available(), drop_last=shuffle,
-        )
-
     def held_out_batches(
         self, batch_windows: int, first_windows: int = 0, device: torch.device | str = "cpu", unit: float = 1.0,
     ) -> Iterator[Windows]:
@@ -111,11 +137,21 @@ class ActivationDataModule(L.LightningDataModule):
         """Factor from this DataModule's normalisation to the SAE's (1 unless the SAE was trained on other data)."""
         return float(sae.act_scale) / self.scale
 
+    def _loader_args(self) -> dict:
+        return dict(batch_size=self.cfg.batch_windows, collate_fn=collate_windows, num_workers=self.cfg.num_workers,
+                    persistent_workers=self.cfg.num_workers > 0, pin_memory=torch.cuda.is_available())
+
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        ds = self.dataset("train")
+        epoch_windows = len(ds) - len(ds) % self.cfg.batch_windows  # drop_last: whole batches only
+        # One optimiser step per batch on each process: the step count says how many windows were consumed.
+        windows_per_step = self.cfg.batch_windows * (self.trainer.world_size if self.trainer else 1)
+        return ResumableLoader(ds, sampler=EpochOrderSampler(len(ds), self.order_seed, epoch_windows), drop_last=True,
+                               consumed=lambda: self.trainer.global_step * windows_per_step, **self._loader_args())
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        ds = self.dataset("val")
+        return DataLoader(ds, sampler=SequentialSampler(ds), **self._loader_args())
 
     def sample_activations(self, n_tokens: int) -> torch.Tensor:
         """[n, d_in] normalised activations at kept positions of training windows (to initialise b_dec)."""

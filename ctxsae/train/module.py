@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import lightning as L
 import torch
@@ -14,17 +14,18 @@ from ctxsae.metrics.basic import fired, fvu, l0
 from ctxsae.metrics.reconstruction import Reconstruction
 from ctxsae.metrics.sparsity import Sparsity
 from ctxsae.models.base import SAE
+from ctxsae.ranges import above, at_least, fraction
 from ctxsae.cache.dataset import Windows
 from ctxsae.train.objective import LossConfig, compute_loss
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-3
+    lr: float = field(default=1e-3, metadata=above(0))
     betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = 50  # linear LR warm-up
-    decay_fraction: float = 0.2  # linear decay to zero over this last share of training
-    init_b_dec_tokens: int = 16_384  # tokens used to centre b_dec before training (0: skip)
+    warmup_steps: int = field(default=50, metadata=at_least(0))  # linear LR warm-up
+    decay_fraction: float = field(default=0.2, metadata=fraction(hi_open=False))  # linear decay to zero over this last share of training
+    init_b_dec_tokens: int = field(default=16_384, metadata=at_least(0))  # tokens used to centre b_dec before training (0: skip)
 
 
 class SAEModule(L.LightningModule):
@@ -93,7 +94,10 @@ class SAEModule(L.LightningModule):
         if self.sae.unit_norm_decoder:
             self.sae.remove_parallel_decoder_grad()
 
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # Part of the step, not of on_train_batch_end: checkpoint callbacks run before the module's
+        # on_train_batch_end, and a checkpoint holding un-normalised rows would resume off course.
         if self.sae.unit_norm_decoder:
             self.sae.normalize_decoder()
 

@@ -10,21 +10,22 @@ with activations normalised to E|x|^2 = d_in the coefficients match the usual co
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
 from ctxsae.cache.dataset import Windows
 from ctxsae.models.base import SAE, SAEOutput
+from ctxsae.ranges import above, at_least
 
 
 @dataclass
 class LossConfig:
-    mse: float = 1.0
-    sparsity: float = 0.0  # coefficient of sae.sparsity_penalty (L1 for relu, L0 for jumprelu)
-    sparsity_warmup_steps: int = 0  # linear ramp of the sparsity coefficient from 0
-    auxk: float = 0.0  # coefficient of sae.auxiliary_loss (AuxK against dead latents)
-    dead_after_tokens: int = 250_000  # a latent silent for this many tokens counts as dead
+    mse: float = field(default=1.0, metadata=above(0))
+    sparsity: float = field(default=0.0, metadata=at_least(0))  # coefficient of sae.sparsity_penalty (L1 for relu, L0 for jumprelu)
+    sparsity_warmup_steps: int = field(default=0, metadata=at_least(0))  # linear ramp of the sparsity coefficient from 0
+    auxk: float = field(default=0.0, metadata=at_least(0))  # coefficient of sae.auxiliary_loss (AuxK against dead latents)
+    dead_after_tokens: int = field(default=250_000, metadata=at_least(1))  # a latent silent for this many tokens counts as dead
 
 
 def sparsity_coefficient(cfg: LossConfig, step: int) -> float:

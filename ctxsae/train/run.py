@@ -70,7 +70,7 @@ def train(cfg: DictConfig, run_dir: Path | RunDir) -> dict | None:
         return json.loads(run_dir.summary.read_text())
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     trainer, throughput = build_trainer(cfg, run_dir)
-    dm = ActivationDataModule(activation_source(cfg), cfg.data, cfg.cache)
+    dm = ActivationDataModule(activation_source(cfg), cfg.data, cfg.cache, order_seed=cfg.seed)
     dm.prepare_data()
     dm.setup("fit")
 
