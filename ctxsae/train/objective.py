@@ -5,9 +5,9 @@
 
 Every term but the last is a per-position cost averaged over the positions the batch's ``mask_BT``
 keeps (the attention-sink position is masked out by default); the contrastive term is one figure for
-the batch, over pairs of kept positions. Squared errors are summed over d_in, so
-with activations normalised to E|x|^2 = d_in the coefficients match the usual conventions
-(Anthropic's lambda ~ 5 for the norm-weighted L1; Gao et al.'s 1/32 for AuxK).
+the batch, over pairs of kept positions. Squared errors are summed over d_in, so with activations
+normalised to E|x|^2 = d_in the coefficients match the usual conventions (Anthropic's lambda ~ 5 for
+the norm-weighted L1; Gao et al.'s 1/32 for AuxK).
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def temporal_contrastive(codes_BTF: Tensor, doc_start_BT: Tensor, mask_BT: Tenso
     B, T, _ = codes_BTF.shape
     doc_BT = doc_start_BT.cumsum(1) + (T + 1) * torch.arange(B, device=codes_BTF.device)[:, None]  # unique per document
     pair_BT = mask_BT[:, :-offset] & mask_BT[:, offset:] & (doc_BT[:, :-offset] == doc_BT[:, offset:])
-    if offset >= T or not bool(pair_BT.any()):
+    if not bool(pair_BT.any()):  # also when offset >= T
         return codes_BTF.new_zeros(())
     anchor_PF = F.normalize(codes_BTF[:, :-offset][pair_BT], dim=-1)
     positive_PF = F.normalize(codes_BTF[:, offset:][pair_BT], dim=-1)
