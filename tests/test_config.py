@@ -1,6 +1,7 @@
 """Every config option composes against the structured schema, and the SLURM launcher's submission
 script carries the configured resources (SLURM itself cannot run here)."""
 
+import inspect
 import os
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from lightning.pytorch import Trainer
 from omegaconf import OmegaConf
 
 from ctxsae.config import register_configs
@@ -20,6 +22,9 @@ from ctxsae.models.base import SAE
 CONF = Path(__file__).resolve().parents[1] / "conf"
 register_configs()
 register_eval_config()
+
+
+TRAINER_ARGUMENTS = set(inspect.signature(Trainer).parameters)
 
 
 def options(group: str) -> list[str]:
@@ -81,6 +86,7 @@ def test_every_sweep_composes_at_each_of_its_values(sweep):
         point = [f"{k}={str(v).split(',')[min(i, len(str(v).split(',')) - 1)]}" for k, v in params.items()]
         job = composed(f"+sweep={sweep}", *point)
         assert job.max_tokens > 0 and job.model._target_.startswith("ctxsae.models.")
+        assert set(job.trainer) - {"_target_"} <= TRAINER_ARGUMENTS, f"{sweep}: not a Trainer argument"
 
 
 def test_eval_and_extract_configs_compose():

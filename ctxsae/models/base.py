@@ -142,6 +142,11 @@ class SAE(nn.Module, abc.ABC):
         """Per-position auxiliary loss [B, T] given the currently dead latents (AuxK); zero by default."""
         return out.codes.new_zeros(out.codes.shape[:2])
 
+    def nested_losses(self, x_BTD: Tensor, out: SAEOutput) -> dict[str, Tensor]:
+        """Reconstruction costs [B, T] beyond the full one, by name and already weighted, that the objective
+        adds to its mse term (Matryoshka's nested prefixes); none by default."""
+        return {}
+
     # -- shared pieces ---------------------------------------------------------------------
     def pre_acts(self, x_BTD: Tensor) -> Tensor:
         """(x - b_dec) W_enc + b_enc, written so that training never needs dL/dx.

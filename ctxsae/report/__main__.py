@@ -85,10 +85,12 @@ def row_of(job: Path, sweep: Path) -> dict:
     launched = job / ".hydra"
     overrides = OmegaConf.load(launched / "overrides.yaml") if (launched / "overrides.yaml").exists() else []
     row["overrides"] = " ".join(o for o in overrides if not o.startswith("+sweep="))
-    # Variants of one class (conf/ablation/) are separate curves: name them by their ablation choice.
+    # Variants of one class are separate curves: name them by their ablation choice (conf/ablation/) and by a
+    # loss chosen on the command line or by the sweep instead of by the model's config (loss=temporal_contrastive).
     ablation = OmegaConf.select(OmegaConf.load(launched / "hydra.yaml"), "hydra.runtime.choices.ablation",
                                 default=None) if (launched / "hydra.yaml").exists() else None
-    row["group"] = f"{row['model']} ({ablation})" if ablation else row["model"]
+    variant = ([ablation] if ablation else []) + [o for o in overrides if o.startswith("loss=")]
+    row["group"] = f"{row['model']} ({', '.join(variant)})" if variant else row["model"]
     row["setting"] = setting_of(cfg)
     return row
 
