@@ -40,10 +40,20 @@ class BadTextSource(UserError, ValueError):
     """The text source is misconfigured, or yields too little text."""
 
 
+class Block(NamedTuple):
+    """A labelled stretch of a document's text: ``text[start:end]`` is one block of one kind."""
+
+    start: int  # character offsets into Document.text
+    end: int
+    kind: str  # e.g. "heading", "prose", "code" (ctxsae.data.debian_reference.BLOCK_KINDS), or a user's label
+    language: str
+
+
 class Document(NamedTuple):
     text: str
     source: str  # where it came from, e.g. "de/anekdoten" (language/file) or a dataset id
     language: str  # ISO 639-1 code, or "unknown"
+    blocks: tuple[Block, ...] = ()  # in text order, not overlapping; empty: the source has no region labels
 
 
 def _stat(path: Path) -> str:
