@@ -29,7 +29,8 @@ class CachedWindows(Dataset):
         x = torch.from_numpy(self.cache.read_x(idx)).float().mul_(self.scale)
         doc_start = torch.from_numpy(self.cache.doc_start[idx])
         mask = loss_mask(doc_start, self.exclude_first)  # drops the attention sink at each window start
-        return Windows(x, torch.from_numpy(self.cache.tokens[idx]), doc_start, mask)
+        labels = None if self.cache.labels is None else self.cache.labels.select(torch.from_numpy(idx))
+        return Windows(x, torch.from_numpy(self.cache.tokens[idx]), doc_start, mask, labels)
 
     def __getitem__(self, item: int) -> Windows:
         return self.__getitems__([item])

@@ -12,11 +12,14 @@ from typing import NamedTuple, Protocol
 
 from torch import Tensor
 
+from ctxsae.data.windows import TokenLabels
+
 
 class ActivationChunk(NamedTuple):
     x_NTD: Tensor  # float activations, raw (not normalised)
     tokens_NT: Tensor  # int32 token ids; -1 where there is no text (synthetic data)
     doc_start_NT: Tensor  # bool, True where a document starts (always at t = 0)
+    labels: TokenLabels | None = None  # per-token region labels, where the text has them
 
 
 class ActivationSource(Protocol):

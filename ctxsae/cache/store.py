@@ -7,6 +7,9 @@ Layout of one cache (its folder name is a hash of the source's fingerprint)::
         shard_00000.x.npy           [n, n_ctx, d_in] activations (memory-mapped when training)
         shard_00000.tokens.npy      [n, n_ctx] int32 token ids (to show features on text later)
         shard_00000.doc_start.npy   [n, n_ctx] bool document starts
+        shard_00000.language.npy    [n, n_ctx] int16 region labels (only for labelled text, e.g. the
+        shard_00000.kind.npy        [n, n_ctx] int16   Debian Reference: ctxsae.data.windows.TokenLabels;
+        shard_00000.block.npy       [n, n_ctx] int32   the names of the codes are in the manifest)
 
 Every file is written to a temporary name and renamed into place, and the manifest is
 rewritten (atomically) after each shard, so a killed extraction loses at most the shard in
@@ -25,13 +28,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from filelock import FileLock
 
-from ctxsae.cache.source import ActivationSource
+from ctxsae.cache.source import ActivationChunk, ActivationSource
+from ctxsae.data.windows import TokenLabels
 from ctxsae.errors import UserError
 
 FORMAT_VERSION = 1
-ARRAYS = ("x", "tokens", "doc_start")
+LABEL_ARRAYS = {"language": np.int16, "kind": np.int16, "block": np.int32}  # TokenLabels' tensors, by name
 
 
 @dataclass
@@ -84,6 +89,11 @@ class ActivationCache:
         self.tokens = np.concatenate([np.load(folder / f"{s['name']}.tokens.npy") for s in shards])
         self.doc_start = np.concatenate([np.load(folder / f"{s['name']}.doc_start.npy") for s in shards])
         self.shard_offsets = np.cumsum([0] + [s["n_windows"] for s in shards])
+        self.labels: TokenLabels | None = None
+        if "labels" in manifest:
+            language, kind, block = (np.concatenate([np.load(folder / f"{s['name']}.{k}.npy") for s in shards]) for k in LABEL_ARRAYS)
+            names = manifest["labels"]
+            self.labels = TokenLabels(*map(torch.from_numpy, (language, kind, block)), tuple(names["languages"]), tuple(names["kinds"]))
 
     @property
     def n_windows(self) -> int:
@@ -146,11 +156,7 @@ def _extract(source: ActivationSource, cfg: CacheConfig, folder: Path, manifest:
         t0, n0, rate = time.perf_counter(), done, 0.0
         for chunk in source.chunks(done, cfg.shard_windows):
             name = f"shard_{len(manifest['shards']):05d}"
-            arrays = {
-                "x": chunk.x_NTD.numpy().astype(cfg.dtype),
-                "tokens": chunk.tokens_NT.numpy().astype(np.int32),
-                "doc_start": chunk.doc_start_NT.numpy().astype(bool),
-            }
+            arrays = _shard_arrays(chunk, cfg.dtype, manifest)
             if not np.isfinite(arrays["x"]).all():
                 raise UserError(f"non-finite activations in {name} (overflow in cache.dtype={cfg.dtype}?): use cache.dtype=float32")
             sums = {}
@@ -169,9 +175,25 @@ def _extract(source: ActivationSource, cfg: CacheConfig, folder: Path, manifest:
     return manifest
 
 
+def _shard_arrays(chunk: ActivationChunk, dtype: str, manifest: dict) -> dict[str, np.ndarray]:
+    """The arrays of one shard, by file key; label names go into the manifest with the first shard."""
+    arrays = {
+        "x": chunk.x_NTD.numpy().astype(dtype),
+        "tokens": chunk.tokens_NT.numpy().astype(np.int32),
+        "doc_start": chunk.doc_start_NT.numpy().astype(bool),
+    }
+    if chunk.labels is not None:
+        names = {"languages": list(chunk.labels.languages), "kinds": list(chunk.labels.kinds)}
+        if manifest.setdefault("labels", names) != names:  # one vocabulary per cache (the text is fixed by the key)
+            raise UserError(f"region label names changed between shards ({manifest['labels']} vs {names}): delete the cache and rerun")
+        tensors = (chunk.labels.language_NT, chunk.labels.kind_NT, chunk.labels.block_NT)
+        arrays |= {key: t.numpy().astype(dt) for (key, dt), t in zip(LABEL_ARRAYS.items(), tensors)}
+    return arrays
+
+
 def _verify(folder: Path, manifest: dict) -> None:
     for shard in manifest["shards"]:
-        for key in ARRAYS:
+        for key in shard["sha256"]:  # the arrays the shard was written with (labels only where the text has them)
             path = folder / f"{shard['name']}.{key}.npy"
             if not path.exists() or _sha256(path) != shard["sha256"][key]:
                 raise UserError(

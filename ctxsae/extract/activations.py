@@ -72,6 +72,14 @@ def first(output: Any) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output
 
 
+def check_positions(loaded: LoadedLM, n_ctx: int) -> None:
+    """Windows longer than the LM's position limit would run off its position embeddings."""
+    config = loaded.model.config
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if limit is not None and n_ctx > limit:
+        raise UserError(f"data.n_ctx={n_ctx} is longer than {loaded.name}'s position limit of {limit} tokens: lower data.n_ctx")
+
+
 class Extractor:
     """Runs the LM on token windows via nnsight and stops the forward pass after the hook."""
 
@@ -125,24 +133,25 @@ class LMActivations:
 
     @cached_property
     def windows(self):
+        check_positions(self.extractor.loaded, self.n_ctx)
         tok = self.extractor.loaded.tokenizer
         sep = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
-        windows = make_windows((d.text for d in self.text.documents()), tok, self.n_ctx, doc_separator_id=sep)
+        windows = make_windows(self.text.documents(), tok, self.n_ctx, doc_separator_id=sep)
         n = len(windows.tokens_NT)
         if self.max_windows and n > self.max_windows:
             # Draw windows from the whole corpus (not its first files) so every language is represented.
             g = torch.Generator().manual_seed(self.seed)
             keep = torch.randperm(n, generator=g)[: self.max_windows].sort().values
-            windows = type(windows)(*(torch.as_tensor(t)[keep] for t in windows))
+            windows = windows.select(keep)
         return windows
 
     def n_windows(self) -> int:
         return len(self.windows.tokens_NT)
 
     def chunks(self, start: int, chunk_windows: int) -> Iterator[ActivationChunk]:
-        tokens, doc_start = torch.as_tensor(self.windows.tokens_NT), torch.as_tensor(self.windows.doc_start_NT)
+        tokens, doc_start, labels = self.windows.tokens_NT, self.windows.doc_start_NT, self.windows.labels
         step = self.lm_cfg.batch_windows
         for lo in range(start, len(tokens), chunk_windows):
             hi = min(lo + chunk_windows, len(tokens))
             x = torch.cat([self.extractor(tokens[i : min(i + step, hi)].long()) for i in range(lo, hi, step)])
-            yield ActivationChunk(x, tokens[lo:hi].int(), doc_start[lo:hi].bool())
+            yield ActivationChunk(x, tokens[lo:hi].int(), doc_start[lo:hi].bool(), None if labels is None else labels.select(slice(lo, hi)))

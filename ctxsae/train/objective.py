@@ -16,6 +16,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from ctxsae.data.windows import TokenLabels
 from ctxsae.models.base import SAE, SAEOutput
 
 
@@ -26,6 +27,7 @@ class Windows(NamedTuple):
     tokens_BT: Tensor  # token ids (or -1 where there is no text, e.g. synthetic data)
     doc_start_BT: Tensor  # bool: a new document starts here (always True at t = 0)
     mask_BT: Tensor  # bool: position counts in loss and metrics
+    labels: TokenLabels | None = None  # per-token region labels [B, T] (language, block kind, block), if the text has them
 
 
 @dataclass
