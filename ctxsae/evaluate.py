@@ -30,7 +30,8 @@ import torch
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
-from ctxsae.data.text import DEFAULT_SWITCH_PAIRS, FORTUNES_ROOT, language_switch_windows
+from ctxsae.data.debian_reference import DEBIAN_REFERENCE_ROOT, parallel_switch_texts
+from ctxsae.data.text import DEFAULT_SWITCH_PAIRS, FORTUNES_ROOT, SwitchText, language_switch_windows, segment_switch_texts
 from ctxsae.data.windows import token_texts
 from ctxsae.errors import UserError
 from ctxsae.metrics import synthetic
@@ -48,7 +49,12 @@ from ctxsae.train.objective import Windows
 @dataclass
 class ProbeConfig:
     n_windows: int = 64  # stitched two-language windows (0: no probe)
+    # fortunes: two entries stitched | debian_reference: a chapter continued in the other language at a block
+    # boundary (parallel text) | segments: the label changes of a user's JSONL of labelled segments
+    source: str = "fortunes"
     root: str = FORTUNES_ROOT  # the fortunes install the two-language texts come from
+    book_root: str = DEBIAN_REFERENCE_ROOT  # the Debian Reference install (source=debian_reference)
+    segments: str | None = None  # the JSONL path (source=segments): [{"text": ..., "label": ...}, ...] per line
     pairs: list[str] = field(default_factory=lambda: list(DEFAULT_SWITCH_PAIRS))  # "a-b": a fortune in a, then one in b
     joiner: str = "\n\n"  # between the two fortunes (also in the same-language control windows)
     seed: int = 0  # which fortunes are stitched
@@ -209,10 +215,21 @@ def _probe_codes(sae: SAE, extractor, tokens_NT: torch.Tensor, batch_windows: in
     return torch.cat(codes), torch.cat(effective)
 
 
+def probe_texts(p: ProbeConfig) -> tuple[list[SwitchText], str]:
+    """The probe's switch texts from ``p.source``, and the joiner its control windows use."""
+    n_per_pair = math.ceil(p.n_windows / len(p.pairs))
+    if p.source == "fortunes":
+        return language_switch_windows(p.root, p.pairs, n_per_pair, p.seed, p.joiner), p.joiner
+    if p.source == "debian_reference":
+        return parallel_switch_texts(p.pairs, n_per_pair, p.seed, p.book_root, p.joiner), p.joiner
+    if p.source == "segments" and p.segments:
+        return segment_switch_texts(p.segments), ""  # the user's segments meet without a joiner
+    raise UserError(f"probe.source={p.source!r}: choose fortunes, debian_reference, or segments with probe.segments=<file.jsonl>")
+
+
 def language_switch(sae: SAE, cfg: EvalConfig, extractor, n_ctx: int):
-    p = cfg.probe
-    texts = language_switch_windows(p.root, p.pairs, math.ceil(p.n_windows / len(p.pairs)), p.seed, p.joiner)
-    sw = switch_windows(with_controls(texts, p.joiner), extractor.loaded.tokenizer, n_ctx)
+    texts, joiner = probe_texts(cfg.probe)
+    sw = switch_windows(with_controls(texts, joiner), extractor.loaded.tokenizer, n_ctx)
     n_switch = int((~sw.control_N).sum())
     if n_switch < 4 or n_switch == len(sw.control_N):
         raise UserError(f"language-switch probe: only {n_switch} usable switch window(s): raise probe.n_windows or data.n_ctx")
