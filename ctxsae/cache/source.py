@@ -7,7 +7,7 @@ their ``fingerprint()``, which is what keys the cache.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import NamedTuple, Protocol
 
 from torch import Tensor
@@ -34,3 +34,15 @@ class ActivationSource(Protocol):
 
     def chunks(self, start: int, chunk_windows: int) -> Iterator[ActivationChunk]:
         """Windows [start, n_windows) in order, ``chunk_windows`` at a time (the last may be shorter)."""
+
+
+class JointSource(Protocol):
+    """Several activation sources filled in one pass (one LM forward, hooks at several layers)."""
+
+    parts: Sequence[ActivationSource]  # each keyed (``fingerprint``) and stored as if extracted alone
+
+    def n_windows(self) -> int:
+        """How many windows every part produces."""
+
+    def joint_chunks(self, start: int, chunk_windows: int) -> Iterator[list[ActivationChunk]]:
+        """As ``ActivationSource.chunks``, one chunk per part (same windows) at a time."""

@@ -20,7 +20,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from ctxsae.cache.source import ActivationSource
-from ctxsae.cache.store import ActivationCache, open_or_build
+from ctxsae.cache.store import ActivationCache, open_or_build, open_or_build_joint
 from ctxsae.errors import UserError
 from ctxsae.evaluate import evaluate_fast
 from ctxsae.extract.activations import LMActivations
@@ -36,9 +36,14 @@ def build_source(cfg: DictConfig) -> ActivationSource:
     return source
 
 
-def extract(cfg: DictConfig) -> ActivationCache:
-    """Fill, finish or verify the activation cache that training runs with ``cfg`` read."""
-    return open_or_build(build_source(cfg), cfg.cache)
+def extract(cfg: DictConfig) -> list[ActivationCache]:
+    """Fill, finish or verify the activation cache that training runs with ``cfg`` read; with
+    ``lm.layers``, the caches of those layers (each as ``lm.layer=L`` reads it) from one LM pass."""
+    source = build_source(cfg)
+    if isinstance(source, LMActivations) and cfg.lm.layers:
+        joint = LMActivations(source.text, cfg.lm, cfg.data.n_ctx, cfg.data.max_windows, cfg.data.seed, cfg.lm.layers)
+        return open_or_build_joint(joint, cfg.cache)
+    return [open_or_build(source, cfg.cache)]
 
 
 class Throughput(Callback):

@@ -95,3 +95,31 @@ def test_book_windows_carry_labels_into_the_cache_and_long_windows_name_the_limi
     with pytest.raises(UserError, match="data.n_ctx=4096 is longer than .* position limit of 2048 tokens: lower data.n_ctx"):
         open_or_build(too_long, cfg, progress=False)
     assert len(list((tmp_path / "cache").glob("*/manifest.json"))) == 1  # nothing written for the long windows
+
+
+def test_several_layers_in_one_pass_fill_the_caches_single_layer_runs_find(tiny_book, tmp_path):
+    from ctxsae.cache.store import CacheConfig, open_or_build, open_or_build_joint
+    from ctxsae.data.debian_reference import DebianReferenceSource
+    from ctxsae.extract.activations import LMActivations, LMConfig
+
+    text = DebianReferenceSource(str(tiny_book), ["en"])
+    loader = {"_target_": "ctxsae.extract.lm.load_tiny", "n_layers": 3}
+    cfg = CacheConfig(root=str(tmp_path / "cache"), dtype="float32", shard_windows=4)
+
+    def alone(layer):
+        return LMActivations(text, LMConfig(loader=loader, layer=layer, batch_windows=3), n_ctx=32, max_windows=10, seed=0)
+
+    first = open_or_build(alone(0), cfg, progress=False)  # layer 0 exists already: the joint pass leaves it alone
+    written = (first.folder / "manifest.json").stat().st_mtime_ns
+    joint = LMActivations(text, LMConfig(loader=loader, layer=0, batch_windows=3), 32, 10, 0, layers=[2, 0, 1])
+    caches = open_or_build_joint(joint, cfg, progress=False)
+    assert [c.manifest["fingerprint"]["source"]["layer"] for c in caches] == [0, 1, 2]
+    assert caches[0].folder == first.folder and (first.folder / "manifest.json").stat().st_mtime_ns == written
+    for layer, cache in zip([0, 1, 2], caches):
+        single = alone(layer)
+        reopened = open_or_build(single, cfg, progress=False)  # what train.py lm.layer=L opens: found, not extracted
+        assert reopened.folder == cache.folder and "extractor" not in vars(single)
+        # One forward stopped after layer 2 gives each layer what a forward stopped there gives.
+        ref = Extractor(joint.extractor.loaded, layer, "resid_post")(torch.as_tensor(cache.tokens[:3]).long())
+        torch.testing.assert_close(torch.from_numpy(cache.read_x(np.arange(3))), ref)
+        assert torch.equal(cache.labels.kind_NT, caches[0].labels.kind_NT)
