@@ -83,12 +83,15 @@ def test_killed_extraction_resumes_after_last_complete_shard(cfg):
     np.testing.assert_array_equal(cache.read_x(np.arange(50)), resumed.x.numpy())
 
 
+def flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
 def test_corrupt_shard_is_an_error_that_names_the_fix(cfg):
     cache = open_or_build(FakeSource(), cfg, progress=False)
-    path = cache.folder / "shard_00001.x.npy"
-    data = bytearray(path.read_bytes())
-    data[-5] ^= 0xFF
-    path.write_bytes(bytes(data))
+    flip_a_byte(cache.folder / "shard_00001.x.npy")
     with pytest.raises(UserError, match="shard_00001.x.npy is missing or corrupt.*delete"):
         open_or_build(FakeSource(), cfg, progress=False)
 
@@ -137,10 +140,7 @@ def test_region_labels_are_stored_beside_the_tokens_and_reach_the_batches(cfg):
     batch = CachedWindows(cache, np.arange(50), 1.0, 1).__getitems__([7, 3])
     assert torch.equal(batch.labels.kind_NT, src.labels.kind_NT[[7, 3]]) and batch.labels.kinds == BLOCK_KINDS
     # The labels are checksummed like the rest; unlabelled sources store none.
-    path = cache.folder / "shard_00002.kind.npy"
-    data = bytearray(path.read_bytes())
-    data[-1] ^= 0xFF
-    path.write_bytes(bytes(data))
+    flip_a_byte(cache.folder / "shard_00002.kind.npy")
     with pytest.raises(UserError, match="shard_00002.kind.npy is missing or corrupt"):
         open_or_build(LabelledSource(), cfg, progress=False)
     plain = open_or_build(FakeSource(), cfg, progress=False)
