@@ -86,8 +86,8 @@ def val_batches(dm, cfg: EvalConfig, device: torch.device, unit: float) -> Itera
     n = len(ds) if cfg.max_windows <= 0 else min(cfg.max_windows, len(ds))
     for lo in range(0, n, cfg.batch_windows):
         b = ds.__getitems__(list(range(lo, min(lo + cfg.batch_windows, n))))
-        labels = None if b.labels is None else b.labels.to(device)
-        yield Windows(b.x_BTD.mul_(unit).to(device), b.tokens_BT.to(device), b.doc_start_BT.to(device), b.mask_BT.to(device), labels)
+        b.x_BTD.mul_(unit)
+        yield b.to(device)
 
 
 def sae_unit(sae: SAE, dm) -> float:

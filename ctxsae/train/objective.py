@@ -29,6 +29,11 @@ class Windows(NamedTuple):
     mask_BT: Tensor  # bool: position counts in loss and metrics
     labels: TokenLabels | None = None  # per-token region labels [B, T] (language, block kind, block), if the text has them
 
+    def to(self, device) -> Windows:
+        """The batch on ``device``, labels included."""
+        tensors = (t.to(device) for t in (self.x_BTD, self.tokens_BT, self.doc_start_BT, self.mask_BT))
+        return Windows(*tensors, None if self.labels is None else self.labels.to(device))
+
 
 @dataclass
 class LossConfig:
