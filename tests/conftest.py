@@ -47,3 +47,11 @@ def fit_sae(
 @pytest.fixture
 def fit():
     return fit_sae
+
+
+
+@pytest.fixture
+def tiny_book(tmp_path):
+    from tests.book import write_tiny_book
+
+    return write_tiny_book(tmp_path / "debian-reference")

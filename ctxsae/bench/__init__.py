@@ -255,6 +255,24 @@ def bench_extraction(loaded, layer: int, n_windows: int, batch_windows: int, n_c
     )
 
 
+def bench_multilayer(loaded, layers: list[int], n_windows: int, batch_windows: int, n_ctx: int, warmup: int, repeats: int) -> dict:
+    """One LM pass saving the hooks at several layers vs one pass saving only the deepest (both stopped there)."""
+    from ctxsae.extract.activations import Extractor
+
+    tokens = torch.randint(0, loaded.model.config.vocab_size, (n_windows, n_ctx), generator=torch.Generator().manual_seed(0))
+    joint, deepest = Extractor(loaded, layers, "resid_post"), Extractor(loaded, max(layers), "resid_post")
+
+    def over_batches(extract: Callable[[torch.Tensor], object]) -> Callable[[], None]:
+        return lambda: [extract(tokens[i : i + batch_windows]) for i in range(0, n_windows, batch_windows)]
+
+    t_joint, t_deepest = paired_times(over_batches(joint.at_layers), over_batches(deepest), warmup, repeats)
+    ratio = t_joint / t_deepest
+    return entry(
+        f"multi-layer extraction: layers {layers} in one pass / the deepest alone, time", ratio, "<= 1.3", ratio <= 1.3,
+        lm=loaded.name, layers=layers, tokens=n_windows * n_ctx, batch_windows=batch_windows, n_ctx=n_ctx,
+    )
+
+
 # -- 2. cache read vs training consumption -------------------------------------------------------------
 
 
@@ -430,7 +448,7 @@ def bench_memory(d_in: int, n_ctx: int, base_windows: int, batch_windows: int, f
 
 
 def run_all(args) -> dict:
-    """Run the six figures with the sizes in ``args`` (see ``__main__``); returns the JSON-able report."""
+    """Run the seven figures with the sizes in ``args`` (see ``__main__``); returns the JSON-able report."""
     sizes = dict(d_in=args.d_in, d_sae=args.d_sae, k=args.k, batch_tokens=args.batch_tokens, n_ctx=args.n_ctx,
                  warmup=args.warmup, repeats=args.steps)
     report = {"machine": machine(), "args": vars(args), "entries": {}}
@@ -445,22 +463,32 @@ def run_all(args) -> dict:
             report["entries"][name] = skipped(name, f"error: {type(e).__name__}: {e}")
         report["entries"][name]["seconds"] = time.perf_counter() - t0
 
-    def extraction() -> dict:
+    lms: list = []
+
+    def lm():  # loaded once, for the two LM figures
         from ctxsae.extract.lm import load_gguf_package, load_tiny
 
-        if args.lm == "smollm2":
+        if not lms and args.lm == "smollm2":
             try:
-                loaded = load_gguf_package()
+                lms.append(load_gguf_package())
             except Exception as e:
                 print(f"  SmolLM2 unavailable ({e}); using the tiny random LM", flush=True)
-                loaded = load_tiny(n_layers=4, d_model=args.d_in)
-        else:
-            loaded = load_tiny(n_layers=4, d_model=args.d_in if args.d_in % 4 == 0 else 64)
-        n_layers = loaded.model.config.num_hidden_layers
-        layer = min(args.layer, n_layers - 1)
-        return bench_extraction(loaded, layer, args.lm_windows, args.lm_batch_windows, args.n_ctx, args.warmup, args.steps)
+                lms.append(load_tiny(n_layers=4, d_model=args.d_in))
+        elif not lms:
+            lms.append(load_tiny(n_layers=4, d_model=args.d_in if args.d_in % 4 == 0 else 64))
+        return lms[0]
+
+    def extraction() -> dict:
+        layer = min(args.layer, lm().model.config.num_hidden_layers - 1)
+        return bench_extraction(lm(), layer, args.lm_windows, args.lm_batch_windows, args.n_ctx, args.warmup, args.steps)
+
+    def multilayer() -> dict:
+        n_layers = lm().model.config.num_hidden_layers
+        layers = [4, 8, 16, 24] if n_layers > 24 else list(range(n_layers))  # SmolLM2's sweep layers; all of a tiny LM
+        return bench_multilayer(lm(), layers, args.lm_windows, args.lm_batch_windows, args.n_ctx, args.warmup, args.steps)
 
     run("extraction", extraction)
+    run("multilayer", multilayer)
     run("cache", lambda: bench_cache(**sizes))
     run("saelens", lambda: bench_saelens(**sizes))
     run("roofline", lambda: bench_roofline(**sizes))

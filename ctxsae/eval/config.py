@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ctxsae.data.debian_reference import DEBIAN_REFERENCE_ROOT
 from ctxsae.data.text import DEFAULT_SWITCH_PAIRS, FORTUNES_ROOT
 from ctxsae.errors import UserError
 from ctxsae.metrics import MetricsConfig
@@ -13,7 +14,12 @@ from ctxsae.ranges import at_least
 @dataclass
 class ProbeConfig:
     n_windows: int = field(default=64, metadata=at_least(0))  # stitched two-language windows (0: no probe)
+    # fortunes: two entries stitched | debian_reference: a chapter continued in the other language at a block
+    # boundary (parallel text) | segments: the label changes of a user's JSONL of labelled segments
+    source: str = "fortunes"
     root: str = FORTUNES_ROOT  # the fortunes install the two-language texts come from
+    book_root: str = DEBIAN_REFERENCE_ROOT  # the Debian Reference install (source=debian_reference)
+    segments: str | None = None  # the JSONL path (source=segments): [{"text": ..., "label": ...}, ...] per line
     pairs: list[str] = field(default_factory=lambda: list(DEFAULT_SWITCH_PAIRS))  # "a-b": a fortune in a, then one in b
     joiner: str = "\n\n"  # between the two fortunes (also in the same-language control windows)
     seed: int = 0  # which fortunes are stitched

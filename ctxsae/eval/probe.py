@@ -7,9 +7,10 @@ from typing import NamedTuple
 
 import torch
 
-from ctxsae.data.text import language_switch_windows
+from ctxsae.data.debian_reference import parallel_switch_texts
+from ctxsae.data.text import SwitchText, language_switch_windows, segment_switch_texts
 from ctxsae.errors import UserError
-from ctxsae.eval.config import EvalConfig
+from ctxsae.eval.config import EvalConfig, ProbeConfig
 from ctxsae.metrics.language import SwitchWindows, switch_probe, switch_windows, with_controls
 from ctxsae.models.base import SAE, window_starts
 
@@ -32,11 +33,22 @@ def probe_codes(sae: SAE, extractor, tokens_NT: torch.Tensor, batch_windows: int
     return torch.cat(codes), torch.cat(effective)
 
 
+def probe_texts(p: ProbeConfig) -> tuple[list[SwitchText], str]:
+    """The probe's switch texts from ``p.source``, and the joiner its control windows use."""
+    n_per_pair = math.ceil(p.n_windows / len(p.pairs))
+    if p.source == "fortunes":
+        return language_switch_windows(p.root, p.pairs, n_per_pair, p.seed, p.joiner), p.joiner
+    if p.source == "debian_reference":
+        return parallel_switch_texts(p.pairs, n_per_pair, p.seed, p.book_root, p.joiner), p.joiner
+    if p.source == "segments" and p.segments:
+        return segment_switch_texts(p.segments), ""  # the user's segments meet without a joiner
+    raise UserError(f"probe.source={p.source!r}: choose fortunes, debian_reference, or segments with probe.segments=<file.jsonl>")
+
+
 def language_switch(sae: SAE, cfg: EvalConfig, extractor, n_ctx: int) -> tuple[dict, ProbeCodes]:
     """The probe's figures, and the windows and codes behind them (for heatmaps and the browser)."""
-    p = cfg.probe
-    texts = language_switch_windows(p.root, p.pairs, math.ceil(p.n_windows / len(p.pairs)), p.seed, p.joiner)
-    sw = switch_windows(with_controls(texts, p.joiner), extractor.loaded.tokenizer, n_ctx)
+    texts, joiner = probe_texts(cfg.probe)
+    sw = switch_windows(with_controls(texts, joiner), extractor.loaded.tokenizer, n_ctx)
     n_switch = int((~sw.control_N).sum())
     if n_switch < 4 or n_switch == len(sw.control_N):
         raise UserError(f"language-switch probe: only {n_switch} usable switch window(s): raise probe.n_windows or data.n_ctx")

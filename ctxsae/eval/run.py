@@ -18,7 +18,7 @@ from ctxsae.eval.config import EvalConfig
 from ctxsae.eval.downstream import downstream_figures
 from ctxsae.eval.figures import heatmaps, log_tensorboard, quiet
 from ctxsae.eval.ground_truth import ground_truth_figures
-from ctxsae.eval.held_out import held_out_pass
+from ctxsae.eval.held_out import REGION_FIGURES, held_out_pass
 from ctxsae.eval.markdown import to_markdown
 from ctxsae.eval.probe import ProbeCodes, language_switch
 from ctxsae.metrics import Accumulator
@@ -40,16 +40,21 @@ def evaluate(sae: SAE, dm, cfg: EvalConfig, extractor=None, n_ctx: int | None = 
     dm.setup("validate")
     seconds = {}
     t0 = time.perf_counter()
-    accumulators = held_out_pass(sae, dm, cfg, extra)
+    accumulators = held_out_pass(sae, dm, cfg, extra, figures=True)
     results = {name: accumulators[name].compute() for name in ("reconstruction", "sparsity", "temporal")}
     results["context"] = accumulators["context"].compute() if "context" in accumulators else None
     results["synthetic"] = ground_truth_figures(sae, dm, cfg)
+    results |= {name: accumulators[name].compute() if name in accumulators else None for name in REGION_FIGURES}
     seconds["held_out"] = time.perf_counter() - t0
     results |= {"downstream": None, "language_switch": None, "skipped": {}}
     if results["context"] is None:
         results["skipped"]["context"] = f"{type(sae).__name__} has no context pathway (no context_stats)"
     if results["synthetic"] is None:
         results["skipped"]["synthetic"] = "no ground truth: not synthetic data"
+    if not results["regions"]:
+        results["skipped"]["regions"] = "no region labels: the text has no labelled blocks (data=debian_reference has)"
+    if results["persistence"] is None:
+        results["skipped"]["persistence"] = f"{type(sae).__name__} is contextual: the oracle bounds per-token dictionaries"
     if extractor is None:
         results["skipped"] |= dict.fromkeys(("downstream", "language_switch"), "no LM behind these activations")
     elif not cfg.downstream:

@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Sampler, SequentialSampler
 
 from ctxsae.cache.dataset import CachedWindows, Windows, collate_windows
-from ctxsae.cache.store import ActivationCache, CacheConfig, open_or_build
+from ctxsae.cache.store import ActivationCache, CacheConfig, open_or_build, open_or_build_joint
 from ctxsae.data.source import ActivationSource
 from ctxsae.data.text import TextSource
 from ctxsae.errors import UserError
@@ -82,6 +82,16 @@ def activation_source(cfg: DictConfig) -> ActivationSource:
     return source
 
 
+def fill_caches(cfg: DictConfig) -> list[ActivationCache]:
+    """Fill, finish or verify the activation cache a config reads; with ``lm.layers``, the caches of those
+    layers (each as ``lm.layer=L`` opens it) from one LM pass."""
+    source = activation_source(cfg)
+    if isinstance(source, LMActivations) and cfg.lm.layers:
+        joint = LMActivations(source.text, cfg.lm, cfg.data.n_ctx, cfg.data.draw_windows, cfg.data.seed, cfg.lm.layers)
+        return open_or_build_joint(joint, cfg.cache)
+    return [open_or_build(source, cfg.cache)]
+
+
 class ActivationDataModule(L.LightningDataModule):
     def __init__(self, source: ActivationSource, data: DataConfig, cache: CacheConfig, order_seed: int = 0):
         super().__init__()
@@ -130,8 +140,8 @@ class ActivationDataModule(L.LightningDataModule):
         n = len(ds) if first_windows <= 0 else min(first_windows, len(ds))
         for lo in range(0, n, batch_windows):
             b = ds.__getitems__(list(range(lo, min(lo + batch_windows, n))))
-            yield Windows(b.x_BTD.mul_(unit).to(device), b.tokens_BT.to(device), b.doc_start_BT.to(device),
-                          b.mask_BT.to(device))
+            b.x_BTD.mul_(unit)
+            yield b.to(device)
 
     def unit_of(self, sae) -> float:
         """Factor from this DataModule's normalisation to the SAE's (1 unless the SAE was trained on other data)."""

@@ -1,4 +1,4 @@
-"""The harness runs end to end at tiny sizes and reports all six figures; no timing is asserted."""
+"""The harness runs end to end at tiny sizes and reports all seven figures; no timing is asserted."""
 
 import json
 import math
@@ -10,10 +10,10 @@ from ctxsae.bench import RandomSource, batch_of, topk_flops, train_step_fn
 from ctxsae.bench.__main__ import main
 from ctxsae.models.topk import TopKConfig, TopKSAE
 
-FIGURES = {"extraction", "cache", "saelens", "roofline", "contextual", "memory"}
+FIGURES = {"extraction", "multilayer", "cache", "saelens", "roofline", "contextual", "memory"}
 
 
-def test_quick_run_writes_all_six_figures_with_finite_ratios_or_skip_reasons(tmp_path):
+def test_quick_run_writes_all_seven_figures_with_finite_ratios_or_skip_reasons(tmp_path):
     out = tmp_path / "bench.json"
     main(["--quick", "--d-in", "32", "--d-sae", "256", "--k", "4", "--batch-tokens", "64", "--n-ctx", "16",
           "--steps", "1", "--warmup", "0", "--lm-windows", "2", "--lm-batch-windows", "2", "--mem-windows", "4",

@@ -5,8 +5,11 @@ import numpy as np
 import pytest
 import torch
 
+from ctxsae.cache.dataset import CachedWindows
 from ctxsae.data.source import ActivationChunk
 from ctxsae.cache.store import CacheConfig, open_or_build
+from ctxsae.data.debian_reference import BLOCK_KINDS
+from ctxsae.data.windows import TokenLabels
 from ctxsae.errors import UserError
 
 
@@ -80,12 +83,15 @@ def test_killed_extraction_resumes_after_last_complete_shard(cfg):
     np.testing.assert_array_equal(cache.read_x(np.arange(50)), resumed.x.numpy())
 
 
+def flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
 def test_corrupt_shard_is_an_error_that_names_the_fix(cfg):
     cache = open_or_build(FakeSource(), cfg, progress=False)
-    path = cache.folder / "shard_00001.x.npy"
-    data = bytearray(path.read_bytes())
-    data[-5] ^= 0xFF
-    path.write_bytes(bytes(data))
+    flip_a_byte(cache.folder / "shard_00001.x.npy")
     with pytest.raises(UserError, match="shard_00001.x.npy is missing or corrupt.*delete"):
         open_or_build(FakeSource(), cfg, progress=False)
 
@@ -103,3 +109,40 @@ def test_different_sources_get_different_caches(cfg):
     a = open_or_build(FakeSource(tag="a"), cfg, progress=False)
     b = open_or_build(FakeSource(tag="b"), cfg, progress=False)
     assert a.folder != b.folder
+
+
+class LabelledSource(FakeSource):
+    """FakeSource whose text has region labels (as the Debian Reference has)."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        g = torch.Generator().manual_seed(1)
+        shape = (self.n, self.n_ctx)
+        self.labels = TokenLabels(
+            torch.randint(-1, 2, shape, generator=g).short(), torch.randint(-1, 6, shape, generator=g).short(),
+            torch.randint(-1, 40, shape, generator=g).int(), ("de", "en"), BLOCK_KINDS,
+        )
+
+    def fingerprint(self):
+        return super().fingerprint() | {"labelled": True}
+
+    def chunks(self, start, chunk_windows):
+        for chunk in super().chunks(start, chunk_windows):
+            lo = int(chunk.tokens_NT[0, 0]) // self.n_ctx  # tokens are arange: the first says which window
+            yield chunk._replace(labels=self.labels.select(slice(lo, lo + len(chunk.tokens_NT))))
+
+
+def test_region_labels_are_stored_beside_the_tokens_and_reach_the_batches(cfg):
+    src = LabelledSource()
+    cache = open_or_build(src, cfg, progress=False)
+    for got, want in zip(cache.labels, src.labels):
+        assert torch.equal(got, want) if isinstance(want, torch.Tensor) else got == want
+    batch = CachedWindows(cache, np.arange(50), 1.0, 1).__getitems__([7, 3])
+    assert torch.equal(batch.labels.kind_NT, src.labels.kind_NT[[7, 3]]) and batch.labels.kinds == BLOCK_KINDS
+    # The labels are checksummed like the rest; unlabelled sources store none.
+    flip_a_byte(cache.folder / "shard_00002.kind.npy")
+    with pytest.raises(UserError, match="shard_00002.kind.npy is missing or corrupt"):
+        open_or_build(LabelledSource(), cfg, progress=False)
+    plain = open_or_build(FakeSource(), cfg, progress=False)
+    assert plain.labels is None and not list(plain.folder.glob("*.kind.npy"))
+    assert CachedWindows(plain, np.arange(50), 1.0, 1).__getitems__([0]).labels is None

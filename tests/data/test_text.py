@@ -14,8 +14,10 @@ from ctxsae.data.text import (  # noqa: E402
     FortunesSource,
     HFSource,
     LocalSource,
+    SwitchText,
     TextNotFound,
     language_switch_windows,
+    segment_switch_texts,
 )
 from ctxsae.errors import UserError  # noqa: E402
 
@@ -184,3 +186,31 @@ def test_language_switch_offsets(fake_root):
         language_switch_windows(str(fake_root), ["en-en"])
     with pytest.raises(ValueError, match="too few en/de entries.*lower n_per_pair"):
         language_switch_windows(str(fake_root), ["en-de"], n_per_pair=4, min_chars=1)
+
+
+def test_segment_switches_from_a_users_jsonl(tmp_path):
+    lines = [
+        [{"text": "Hello. ", "label": "en"}, {"text": "How are you? ", "label": "en"}, {"text": "Gut, danke. ", "label": "de"},
+         {"text": "Y tú?", "label": "es"}],
+        [{"text": "only one label", "label": "en"}],
+    ]
+    path = tmp_path / "segments.jsonl"
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n\n")
+    texts = segment_switch_texts(str(path))
+    assert texts == [
+        SwitchText("Hello. How are you? Gut, danke. ", "en", "de", len("Hello. How are you? ")),
+        SwitchText("Gut, danke. Y tú?", "de", "es", len("Gut, danke. ")),
+    ]
+    for bad, fix in [
+        ('[{"text": "a", "label": "en"}, {"label": "de"}]', 'needs a string "text" and a string "label"'),
+        ('[{"text": "a", "label": "en"}, {"text": "b"}]', 'needs a string "text" and a string "label"'),
+        ("[{not json", "is not JSON"),
+        ('[{"text": "a", "label": "zh-cn"}]', "must not contain '-'"),
+        ('[{"text": "a", "label": "en"}]', "no label change"),
+    ]:
+        path.write_text(bad + "\n")
+        with pytest.raises(UserError, match=fix) as e:
+            segment_switch_texts(str(path))
+        assert "\n" not in str(e.value)
+    with pytest.raises(UserError, match="fix the path"):
+        segment_switch_texts(str(tmp_path / "missing.jsonl"))

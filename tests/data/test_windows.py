@@ -3,7 +3,7 @@ import itertools
 import pytest
 import torch
 
-from ctxsae.data.text import Document
+from ctxsae.data.text import Block, Document
 from ctxsae.data.windows import loss_mask, make_windows, token_texts
 from ctxsae.errors import UserError
 from ctxsae.extract.tiny import BOS_ID, byte_tokenizer
@@ -96,7 +96,7 @@ def test_tokenizers_without_rust_backend_give_the_same_windows(tok):
 
     fast = make_windows(DOCS, tok, 8, doc_separator_id=BOS_ID)
     slow = make_windows(DOCS, Slow(), 8, doc_separator_id=BOS_ID)
-    assert all(torch.equal(a, b) for a, b in zip(fast, slow))
+    assert all(torch.equal(a, b) for a, b in zip(fast[:3], slow[:3])) and fast.labels is slow.labels is None
 
 
 def test_token_texts_show_a_split_character_at_the_token_that_completes_it():
@@ -104,3 +104,31 @@ def test_token_texts_show_a_split_character_at_the_token_that_completes_it():
     ids = list("a你b".encode())  # 你 is three byte tokens
     assert token_texts(tok, ids) == ["a", "", "", "你", "b"]
     assert "".join(token_texts(tok, list("Съешь ещё <b>".encode()))) == "Съешь ещё <b>"
+
+
+def test_region_labels_follow_each_blocks_characters(tok):
+    # "Grüße" (multi-byte) then a blank line, then "x = 1" (code), then "中文": three blocks, two languages.
+    text = "Grüße\n\nx = 1\n\n中文"
+    blocks = (Block(0, 5, "prose", "de"), Block(7, 12, "code", "de"), Block(14, 16, "prose", "zh"))
+    docs = [Document("plain", "p", "en"), Document(text, "t", "de", blocks)]
+    w = make_windows(docs, tok, 4, doc_separator_id=BOS_ID)
+    labels = w.labels
+    assert labels.languages == ("de", "zh") and labels.kinds == ("prose", "code")
+    # Per byte token of the labelled document: the block holding its character; the blank lines end the block before.
+    per_char = [0] * 7 + [1] * 7 + [2] * 2
+    expected_block = [-1] + [b for ch, b in zip(text, per_char) for _ in ch.encode()]  # BOS first
+    kind_of, lang_of = {-1: -1, 0: 0, 1: 1, 2: 0}, {-1: -1, 0: 0, 1: 0, 2: 1}
+    n_plain = 1 + len("plain")  # the unlabelled document: -1 throughout
+    flat = lambda t: t.flatten().tolist()  # noqa: E731
+    total = len(flat(w.tokens_NT))
+    assert flat(labels.block_NT) == ([-1] * n_plain + expected_block)[:total]
+    assert flat(labels.kind_NT) == ([-1] * n_plain + [kind_of[b] for b in expected_block])[:total]
+    assert flat(labels.language_NT) == ([-1] * n_plain + [lang_of[b] for b in expected_block])[:total]
+    assert labels.kind_NT.dtype == torch.int16 and labels.block_NT.dtype == torch.int32
+    # Selecting windows selects their labels.
+    picked = w.select(torch.tensor([2, 0]))
+    assert torch.equal(picked.labels.block_NT, labels.block_NT[[2, 0]]) and torch.equal(picked.tokens_NT, w.tokens_NT[[2, 0]])
+
+
+def test_unlabelled_text_has_no_labels(tok):
+    assert make_windows(DOCS, tok, 8).labels is None

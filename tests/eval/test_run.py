@@ -14,9 +14,12 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 from ctxsae.cache.store import CacheConfig
 from ctxsae.data.synthetic import SyntheticSource
 from ctxsae.errors import UserError
-from ctxsae.eval.config import EvalConfig
+from ctxsae.eval.config import EvalConfig, ProbeConfig
+from ctxsae.eval.probe import probe_texts
 from ctxsae.eval.run import evaluate, evaluate_run
+from ctxsae.extract.tiny import byte_tokenizer
 from ctxsae.metrics import MetricsConfig, accumulate, held_out_accumulators
+from ctxsae.metrics.language import switch_windows, with_controls
 from ctxsae.metrics.basic import fvu
 from ctxsae.models.base import ContextualSAE
 from ctxsae.models.topk import TopKConfig, TopKSAE
@@ -187,3 +190,21 @@ def test_missing_text_behind_a_run_is_one_line_naming_the_fix(evaluated, tmp_pat
                             text=True, timeout=300)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: local data file(s) not found")
+
+
+def test_probe_switches_from_parallel_book_text_and_user_segments(tiny_book, tmp_path):
+    segments = tmp_path / "segments.jsonl"
+    segments.write_text("\n".join(json.dumps([{"text": f"Speaker one says {i}. ", "label": "alice"},
+                                               {"text": f"And speaker two answers {i}.", "label": "bob"}]) for i in range(4)))
+    for cfg in (ProbeConfig(source="debian_reference", book_root=str(tiny_book), pairs=["en-de", "de-en"], n_windows=8),
+                ProbeConfig(source="segments", segments=str(segments), n_windows=8)):
+        texts, joiner = probe_texts(cfg)
+        w = switch_windows(with_controls(texts, joiner), byte_tokenizer(), n_ctx=64)
+        assert (~w.control_N).sum() == len(texts) and len(texts) in (8, 4)
+        for n in range(len(w.switch_N)):  # byte tokens: the switch token is exactly the first byte of B's text
+            st = with_controls(texts, joiner)[int(w.source_N[n])]
+            s = int(w.switch_N[n])
+            b = st.text[st.switch_char :].encode()
+            assert bytes(w.tokens_NT[n, s : s + 4].tolist()) == b[:4]
+    with pytest.raises(UserError, match="probe.source"):
+        probe_texts(ProbeConfig(source="segments"))

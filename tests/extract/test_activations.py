@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM
@@ -69,3 +70,56 @@ def test_other_layouts_resolve_and_match_hidden_states(make):
     with torch.no_grad():
         ref = lm.model(ids, output_hidden_states=True).hidden_states[1]
     assert torch.equal(Extractor(lm, 0, "resid_post")(ids), ref)
+
+
+def test_book_windows_carry_labels_into_the_cache_and_long_windows_name_the_limit(tiny_book, tmp_path):
+    from ctxsae.cache.store import CacheConfig, open_or_build
+    from ctxsae.data.debian_reference import DebianReferenceSource
+    from ctxsae.data.windows import make_windows
+    from ctxsae.extract.activations import LMActivations, LMConfig
+
+    text = DebianReferenceSource(str(tiny_book), ["en", "de"])
+    lm = LMConfig(loader={"_target_": "ctxsae.extract.lm.load_tiny", "n_layers": 2}, layer=1, batch_windows=4)
+    cfg = CacheConfig(root=str(tmp_path / "cache"), dtype="float32", shard_windows=8)
+    source = LMActivations(text, lm, n_ctx=64, draw_windows=12, seed=0)
+    cache = open_or_build(source, cfg, progress=False)
+    assert cache.labels is not None and set(cache.labels.kinds) == {"heading", "prose", "list_item", "note", "table_cell", "code"}
+    assert cache.labels.languages == ("en", "de")
+    # The stored labels are those of the drawn windows of the whole labelled stream.
+    full = make_windows(text.documents(), source.extractor.loaded.tokenizer, 64, doc_separator_id=256)
+    keep = torch.randperm(len(full.tokens_NT), generator=torch.Generator().manual_seed(0))[:12].sort().values
+    assert torch.equal(cache.labels.block_NT, full.labels.block_NT[keep])
+    np.testing.assert_array_equal(cache.tokens, full.tokens_NT[keep].numpy())
+
+    too_long = LMActivations(text, lm, n_ctx=4096, draw_windows=4, seed=0)  # load_tiny: 2048 positions
+    with pytest.raises(UserError, match="data.n_ctx=4096 is longer than .* position limit of 2048 tokens: lower data.n_ctx"):
+        open_or_build(too_long, cfg, progress=False)
+    assert len(list((tmp_path / "cache").glob("*/manifest.json"))) == 1  # nothing written for the long windows
+
+
+def test_several_layers_in_one_pass_fill_the_caches_single_layer_runs_find(tiny_book, tmp_path):
+    from ctxsae.cache.store import CacheConfig, open_or_build, open_or_build_joint
+    from ctxsae.data.debian_reference import DebianReferenceSource
+    from ctxsae.extract.activations import LMActivations, LMConfig
+
+    text = DebianReferenceSource(str(tiny_book), ["en"])
+    loader = {"_target_": "ctxsae.extract.lm.load_tiny", "n_layers": 3}
+    cfg = CacheConfig(root=str(tmp_path / "cache"), dtype="float32", shard_windows=4)
+
+    def alone(layer):
+        return LMActivations(text, LMConfig(loader=loader, layer=layer, batch_windows=3), n_ctx=32, draw_windows=10, seed=0)
+
+    first = open_or_build(alone(0), cfg, progress=False)  # layer 0 exists already: the joint pass leaves it alone
+    written = (first.folder / "manifest.json").stat().st_mtime_ns
+    joint = LMActivations(text, LMConfig(loader=loader, layer=0, batch_windows=3), 32, 10, 0, layers=[2, 0, 1])
+    caches = open_or_build_joint(joint, cfg, progress=False)
+    assert [c.manifest["fingerprint"]["source"]["layer"] for c in caches] == [0, 1, 2]
+    assert caches[0].folder == first.folder and (first.folder / "manifest.json").stat().st_mtime_ns == written
+    for layer, cache in zip([0, 1, 2], caches):
+        single = alone(layer)
+        reopened = open_or_build(single, cfg, progress=False)  # what train.py lm.layer=L opens: found, not extracted
+        assert reopened.folder == cache.folder and "extractor" not in vars(single)
+        # One forward stopped after layer 2 gives each layer what a forward stopped there gives.
+        ref = Extractor(joint.extractor.loaded, layer, "resid_post")(torch.as_tensor(cache.tokens[:3]).long())
+        torch.testing.assert_close(torch.from_numpy(cache.read_x(np.arange(3))), ref)
+        assert torch.equal(cache.labels.kind_NT, caches[0].labels.kind_NT)

@@ -1,8 +1,9 @@
 """Regenerate the golden run fixture: two tiny runs, their evaluation and their feature browser.
 
-    .venv/bin/python tests/golden/make.py
+    .venv/bin/python tests/golden/make.py            # expected/ from the stored runs (after a deliberate change)
+    .venv/bin/python tests/golden/make.py --runs     # retrain the stored runs too
 
-Trains a TopK and a recurrent SAE on the tiny LM over ``corpus.txt`` (keeping only config.yaml and
+``--runs`` trains a TopK and a recurrent SAE on the tiny LM over ``corpus.txt`` (keeping only config.yaml and
 sae.safetensors, with paths written as ``@ROOT@``), then evaluates each with ``report=html`` and
 writes the browser's compare page, and stores what came out under ``expected/``: eval.json without
 timings and paths, eval.md without its timing lines, and every page of both sites.
@@ -73,7 +74,7 @@ def normalised(work: Path) -> dict[str, str]:
     return {k: v.replace(str(work), "@ROOT@") for k, v in files.items()}
 
 
-def main() -> None:
+def train_runs() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         (work / "corpus.txt").write_text(corpus())
@@ -89,6 +90,11 @@ def main() -> None:
             out.mkdir(parents=True, exist_ok=True)
             shutil.copy(work / name / "sae.safetensors", out)
             (out / "config.yaml").write_text((work / name / "config.yaml").read_text().replace(str(work), "@ROOT@"))
+
+
+def main() -> None:
+    if "--runs" in sys.argv[1:]:
+        train_runs()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         lay_out(work)
