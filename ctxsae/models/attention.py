@@ -58,7 +58,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ctxsae.models.base import SAEConfig, SAEOutput
-from ctxsae.models.topk import TopKSAE, decode_sparse, topk_relu
+from ctxsae.models.sparse_encoder import encode_topk
+from ctxsae.models.topk import TopKSAE, decode_sparse
 
 
 @dataclass
@@ -136,7 +137,7 @@ class AttentionSAE(TopKSAE):
             doc_start_BT[:, 0] = True
 
         # Values: what the encoder sees at each position without context, as (feature, value) pairs.
-        uv_BTK, ui_BTK = topk_relu(self.pre_acts(x_BTD), Kv)
+        uv_BTK, ui_BTK, _ = encode_topk(self, x_BTD, Kv)
 
         # Each head reads the null slot and its R best-scoring earlier positions of the document.
         xc_BTD = x_BTD - self.b_dec
@@ -176,8 +177,7 @@ class AttentionSAE(TopKSAE):
 
         # Novel codes from what the context leaves unexplained.
         cW_BTD = decode_where(self.W_dec, c_BTF, carried_BTF)
-        pre_BTF = self.pre_acts(x_BTD - cW_BTD)
-        zv_BTK, zi_BTK = topk_relu(pre_BTF, self.k)
+        zv_BTK, zi_BTK, pre_BTF = encode_topk(self, x_BTD - cW_BTD, self.k)
         z_BTF = torch.zeros_like(pre_BTF).scatter(-1, zi_BTK, zv_BTK)
         zW_BTD = decode_sparse(self.W_dec, zi_BTK.flatten(0, 1), zv_BTK.flatten(0, 1)).view_as(x_BTD)
         recon_BTD = zW_BTD + cW_BTD + self.b_dec

@@ -47,7 +47,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ctxsae.models.base import SAEConfig, SAEOutput
-from ctxsae.models.topk import TopKSAE, decode_sparse, topk_relu
+from ctxsae.models.sparse_encoder import encode_topk
+from ctxsae.models.topk import TopKSAE, decode_sparse
 
 
 @dataclass
@@ -127,8 +128,7 @@ class TFASAE(TopKSAE):
         x_pred_BTD = self.gain * beta_BT1 * d_BTD
 
         # Novel part: TopK of the codes of what the prediction leaves.
-        pre_BTF = self.pre_acts(x_BTD - x_pred_BTD)
-        zv_BTK, zi_BTK = topk_relu(pre_BTF, self.k)
+        zv_BTK, zi_BTK, pre_BTF = encode_topk(self, x_BTD - x_pred_BTD, self.k)
         z_BTF = torch.zeros_like(pre_BTF).scatter(-1, zi_BTK, zv_BTK)
         zW_BTD = decode_sparse(self.W_dec, zi_BTK.flatten(0, 1), zv_BTK.flatten(0, 1)).view_as(x_BTD)
         recon_BTD = zW_BTD + x_pred_BTD + self.b_dec

@@ -8,7 +8,8 @@ stop firing are revived by AuxK: the auxk_k largest pre-activations among the *d
 reconstruct the error the live latents left behind (loss coefficient ~ 1/32).
 
 Only k of d_sae codes are non-zero, so the decoder gathers k rows per position instead of
-multiplying by a mostly-zero matrix (``decode_sparse``). The dense codes are still returned.
+multiplying by a mostly-zero matrix (``decode_sparse``), and the encoder's weight gradient is
+formed from the same k entries (``sparse_encoder``). The dense codes are still returned.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ctxsae.models.base import SAE, SAEConfig, SAEOutput
+from ctxsae.models.sparse_encoder import encode_topk
 
 
 @dataclass
@@ -58,8 +60,7 @@ class TopKSAE(SAE):
         self.k, self.auxk_k = k, auxk_k
 
     def forward(self, x_BTD: Tensor, doc_start_BT: Tensor | None = None) -> SAEOutput:
-        pre_BTF = self.pre_acts(x_BTD)
-        vals_BTK, idx_BTK = topk_relu(pre_BTF, self.k)
+        vals_BTK, idx_BTK, pre_BTF = encode_topk(self, x_BTD, self.k)
         codes_BTF = torch.zeros_like(pre_BTF).scatter(-1, idx_BTK, vals_BTK)
         recon_ND = decode_sparse(self.W_dec, idx_BTK.flatten(0, 1), vals_BTK.flatten(0, 1))
         recon_BTD = recon_ND.view_as(x_BTD) + self.b_dec
