@@ -28,7 +28,7 @@ class TrainerConfig:
     devices: Any = "auto"
     num_nodes: int = 1
     strategy: str = "auto"  # e.g. ddp
-    precision: str = "32-true"  # bf16-mixed on GPUs that support it
+    precision: str = "auto"  # auto: bf16-mixed on a GPU that supports it (TF32 matmuls), 32-true on the CPU
     gradient_clip_val: float = 1.0
     log_every_n_steps: int = 10
     val_every_n_steps: int = 100  # validation FVU / L0 on held-out windows

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
@@ -70,6 +71,16 @@ def resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
     return str(last) if last.exists() else None
 
 
+def training_precision(precision: str, accelerator: str) -> str:
+    """Resolve ``trainer.precision=auto``: bf16-mixed with TF32 float32 matmuls on a GPU, 32-true on the CPU."""
+    if precision != "auto":
+        return precision
+    if accelerator == "cpu" or not torch.cuda.is_available():
+        return "32-true"
+    torch.set_float32_matmul_precision("high")  # TF32 for what stays float32 (optimizer, decoder renormalisation)
+    return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
+
+
 def train(cfg: DictConfig, run_dir: Path) -> dict | None:
     """Train one SAE; the summary on the process that wrote the results (None on other DDP ranks)."""
     finished = run_dir / "summary.json"
@@ -98,7 +109,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict | None:
     t = cfg.trainer
     trainer = L.Trainer(
         accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
-        strategy=t.strategy, precision=t.precision, gradient_clip_val=t.gradient_clip_val,
+        strategy=t.strategy, precision=training_precision(t.precision, t.accelerator), gradient_clip_val=t.gradient_clip_val,
         log_every_n_steps=t.log_every_n_steps, val_check_interval=t.val_every_n_steps,
         check_val_every_n_epoch=None, num_sanity_val_steps=0, enable_progress_bar=t.enable_progress_bar,
         enable_model_summary=False, logger=instantiate(cfg.logger), callbacks=[checkpoints, throughput],
@@ -128,6 +139,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict | None:
         "eval_fast": fast,
         "train_tokens": int(module.global_step * batch_tokens),
         "train_tokens_per_s": throughput.tokens_per_s * trainer.world_size,
+        "device": str(trainer.strategy.root_device),
+        "precision": str(trainer.precision),
         "extract_tokens_per_s": dm.cache.manifest.get("extract_tokens_per_s"),
         "cache": str(dm.cache.folder),
         "run_dir": str(run_dir),
@@ -147,7 +160,8 @@ def format_summary(s: dict) -> str:
             f"  L0 novel codes     {s['l0']:.2f}",
             f"  L0 effective codes {s['l0_effective']:.2f}",
             f"  dead features      {100 * s['dead_fraction']:.1f}%",
-            f"  training           {s['train_tokens']:,} tokens at {s['train_tokens_per_s']:.0f} tok/s",
+            f"  training           {s['train_tokens']:,} tokens at {s['train_tokens_per_s']:.0f} tok/s"
+            f" ({s.get('device', '?')}, {s.get('precision', '?')})",
             f"  extraction         {extract}  (cache: {s['cache']})",
             f"  SAE weights        {s['sae_file']}",
             f"  TensorBoard        {s['tensorboard']}",
