@@ -47,8 +47,6 @@ does to the reconstruction, not the code slots its resets take from other latent
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -56,7 +54,7 @@ import torch
 from torch import Tensor, nn
 
 from ctxsae.models.base import SAEConfig, SAEOutput
-from ctxsae.models.sparse_encoder import dense_pre_acts, row_offsets, select
+from ctxsae.models.sparse_encoder import dense_pre_acts, one_thread_on_cpu, row_offsets, select
 from ctxsae.models.topk import TopKSAE, decode_sparse
 
 
@@ -68,24 +66,6 @@ class Trace(NamedTuple):
     a_TBF: Tensor  # effective codes
     z_TBF: Tensor  # novel codes
     keep_TBF: Tensor  # bool: the held value survived the drop rule at t
-
-
-@contextmanager
-def one_thread_on_cpu(device: torch.device) -> Iterator[None]:
-    """Run a step loop's [B, F] operations on one CPU thread.
-
-    Each is too small to gain from splitting (~10^5 elements), and every split is a barrier that
-    waits for the slowest thread: on a loaded machine a descheduled thread made each of them cost a
-    scheduler time slice (~20 ms, against ~0.05 ms of work). The big products outside the loops
-    keep all threads.
-    """
-    threads = torch.get_num_threads()
-    if device.type == "cpu":
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @torch.no_grad()

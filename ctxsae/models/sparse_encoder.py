@@ -11,9 +11,12 @@ the selected entries only, as a sparse [N, d_sae] matrix with k entries per row:
     dL/db     = sum_n S_n  N k
     dL/dx     = S W_enc^T  2 N k d_in           (only when x needs a gradient: attention, TFA)
 
-Sparsify (EleutherAI) does the same in its fused encoder with ``index_add``; a sparse COO
-matrix product measured 3-7x faster than materialising the [N k, d_in] contributions on CPU
-and needs no extra memory.
+Sparsify (EleutherAI) does the same in its fused encoder with ``index_add`` over the
+materialised [N k, d_in] contributions. Here both products are ``embedding_bag`` sums, which
+materialise nothing: x^T S is a bag per latent (its selected positions, weighted by their
+gradients) after one stable sort of the latent indices (``transposed_sparse_product``). The
+decoder's weight gradient is the same product, so ``SparseDecode`` uses it too, in place of
+``embedding_bag``'s own backward, whose parallel sort is what stalled a loaded CPU (below).
 
 The forward values are those of ``SAE.pre_acts`` bit for bit: the caller computes the dense
 product itself (``dense_pre_acts``), chooses entries from it however its rule says, and passes
@@ -30,10 +33,71 @@ now attached to the graph:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ctxsae.models.base import SAE
+
+
+@contextmanager
+def one_thread_on_cpu(device: torch.device) -> Iterator[None]:
+    """Run small or sort-heavy CPU operations on one thread.
+
+    Each split of an operation across threads ends in a barrier that waits for the slowest thread:
+    on a loaded machine a descheduled thread made a step loop's [B, F] operations cost a scheduler
+    time slice each (~20 ms, against ~0.05 ms of work), and the parallel sort of 65k indices 0.5 s
+    against 3 ms on one thread. The big products keep all threads.
+    """
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def transposed_sparse_product(rows_M: Tensor, cols_M: Tensor, vals_M: Tensor, dense_ND: Tensor, n_cols: int) -> Tensor:
+    """S^T dense [n_cols, D] for the sparse [N, n_cols] matrix S with entries (rows, cols, vals).
+
+    Row c of the result is a bag: sum over the entries in column c of val * dense[row]. One stable
+    sort groups the entries by column; ``embedding_bag`` then sums the bags without materialising
+    the [M, D] products (empty bags are zero).
+    """
+    with one_thread_on_cpu(cols_M.device):
+        order_M = cols_M.argsort(stable=True)
+        counts = torch.bincount(cols_M, minlength=n_cols)
+    offsets = counts.cumsum(0) - counts
+    return F.embedding_bag(rows_M[order_M], dense_ND, offsets, mode="sum", per_sample_weights=vals_M[order_M].to(dense_ND.dtype))
+
+
+class SparseDecode(torch.autograd.Function):
+    """sum_j vals_j W_dec[idx_j] per bag (``embedding_bag`` forward) with its backward formed as above.
+
+    ``idx``/``vals`` flat [M] with ``offsets`` [N] (where each position's entries start) and ``rows``
+    [M] (the position of each entry). dL/dW_dec = S^T dL/dout (``transposed_sparse_product``);
+    dL/dvals_j = <dL/dout[row_j], W_dec[idx_j]> (ATen's per-sample-weights backward).
+    """
+
+    @staticmethod
+    def forward(ctx, W_dec: Tensor, idx_M: Tensor, vals_M: Tensor, offsets_N: Tensor, rows_M: Tensor) -> Tensor:
+        ctx.save_for_backward(W_dec, idx_M, vals_M, offsets_N, rows_M)
+        return F.embedding_bag(idx_M, W_dec, offsets_N, mode="sum", per_sample_weights=vals_M.to(W_dec.dtype))
+
+    @staticmethod
+    def backward(ctx, grad_ND: Tensor):
+        W_dec, idx_M, vals_M, offsets_N, rows_M = ctx.saved_tensors
+        grad_ND = grad_ND.to(W_dec.dtype).contiguous()
+        grad_W = transposed_sparse_product(rows_M, idx_M, vals_M, grad_ND, W_dec.shape[0]) if ctx.needs_input_grad[0] else None
+        grad_vals = None
+        if ctx.needs_input_grad[2]:
+            grad_vals = torch.ops.aten._embedding_bag_per_sample_weights_backward(
+                grad_ND, W_dec, idx_M, offsets_N, rows_M, 0, -1).to(vals_M.dtype)
+        return grad_W, None, grad_vals, None, None
 
 
 def folded_bias(sae: SAE) -> Tensor:
@@ -72,9 +136,8 @@ class SelectedPreActs(torch.autograd.Function):
             return None, None, None, None, None
         flat, g = idx.flatten(), grad_vals.flatten().to(dtype)
         rows, cols = flat // F, flat % F
-        S_NF = torch.sparse_coo_tensor(torch.stack([rows, cols]), g, (N, F), check_invariants=False)
-        grad_x = torch.sparse.mm(S_NF, W_enc.T) if need_x else None
-        grad_W = torch.sparse.mm(S_NF.t(), x_ND.to(dtype)).T.contiguous() if need_W else None
+        grad_x = transposed_sparse_product(cols, rows, g, W_enc.T.contiguous(), N) if need_x else None
+        grad_W = transposed_sparse_product(rows, cols, g, x_ND.to(dtype), F).T if need_W else None
         grad_b = torch.zeros(F, dtype=dtype, device=g.device).index_add_(0, cols, g) if need_b else None
         return grad_x, grad_W, grad_b, None, None
 

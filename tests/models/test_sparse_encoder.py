@@ -9,7 +9,7 @@ from ctxsae.models.batchtopk import BatchTopKSAE
 from ctxsae.models.recurrent import RecurrentSAE
 from ctxsae.models.sparse_encoder import SelectedPreActs
 from ctxsae.models.tfa import TFASAE
-from ctxsae.models.topk import TopKSAE
+from ctxsae.models.topk import TopKSAE, decode_sparse
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -67,3 +67,22 @@ def test_values_and_gradients_match_plain_autograd(cls, kw, auxk, device, monkey
         else:
             assert_close(g, ref, rtol=1e-4, atol=1e-5, msg=name)
 
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_sparse_decode_matches_embedding_bag_autograd_with_uneven_and_empty_bags(device):
+    """The decoder's own backward (a bag per latent) against embedding_bag's, for flat entries with offsets."""
+    g = torch.Generator().manual_seed(0)
+    W_dec = torch.randn(40, 8, generator=g).to(device).requires_grad_()
+    counts = torch.tensor([3, 0, 5, 1, 0, 7])
+    idx = torch.cat([torch.randperm(40, generator=g)[:c] for c in counts]).to(device)
+    vals = torch.randn(len(idx), generator=g).to(device).requires_grad_()
+    offsets = (counts.cumsum(0) - counts).to(device)
+    target = torch.randn(len(counts), 8, generator=g).to(device)
+    out = decode_sparse(W_dec, idx, vals, offsets)
+    grads = torch.autograd.grad((out * target).sum(), [W_dec, vals])
+    ref = torch.nn.functional.embedding_bag(idx, W_dec, offsets, mode="sum", per_sample_weights=vals)
+    ref_grads = torch.autograd.grad((ref * target).sum(), [W_dec, vals])
+    assert torch.equal(out, ref)
+    for a, b in zip(grads, ref_grads):
+        assert_close(a, b)
