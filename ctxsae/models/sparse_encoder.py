@@ -1,4 +1,4 @@
-"""The encoder's backward pass for codes chosen by a selection rule (TopK, BatchTopK, recurrent).
+"""Sparse backward passes for codes chosen by a selection rule (TopK, BatchTopK, recurrent, attention, TFA).
 
 A TopK-family SAE computes the dense pre-activations ``pre = x W_enc + b`` [N, d_sae] (the
 selection needs all of them), but only the selected entries reach the loss: the gradient
@@ -122,7 +122,7 @@ class SelectedPreActs(torch.autograd.Function):
     def backward(ctx, grad_vals: Tensor | None, grad_pre_NF: Tensor | None):
         x_ND, W_enc, idx = ctx.saved_tensors
         need_x, need_W, need_b = ctx.needs_input_grad[:3]
-        N, F = x_ND.shape[0], W_enc.shape[1]
+        N, n_latents = x_ND.shape[0], W_enc.shape[1]
         dtype = W_enc.dtype
         if grad_pre_NF is not None:  # someone read the dense pre-activations (AuxK): dense products
             G_NF = grad_pre_NF.to(dtype).clone()
@@ -135,10 +135,10 @@ class SelectedPreActs(torch.autograd.Function):
         if grad_vals is None:
             return None, None, None, None, None
         flat, g = idx.flatten(), grad_vals.flatten().to(dtype)
-        rows, cols = flat // F, flat % F
+        rows, cols = flat // n_latents, flat % n_latents
         grad_x = transposed_sparse_product(cols, rows, g, W_enc.T.contiguous(), N) if need_x else None
-        grad_W = transposed_sparse_product(rows, cols, g, x_ND.to(dtype), F).T if need_W else None
-        grad_b = torch.zeros(F, dtype=dtype, device=g.device).index_add_(0, cols, g) if need_b else None
+        grad_W = transposed_sparse_product(rows, cols, g, x_ND.to(dtype), n_latents).T if need_W else None
+        grad_b = torch.zeros(n_latents, dtype=dtype, device=g.device).index_add_(0, cols, g) if need_b else None
         return grad_x, grad_W, grad_b, None, None
 
 
@@ -155,8 +155,8 @@ def select(sae: SAE, x_BTD: Tensor, b_F: Tensor, pre: Tensor, idx: Tensor) -> tu
 
     ``pre`` and ``b_F`` come from ``dense_pre_acts(sae, x_BTD)``; any leading shape of ``x_BTD`` works.
     """
-    F = sae.d_sae
-    vals, pre_NF = SelectedPreActs.apply(x_BTD.reshape(-1, x_BTD.shape[-1]), sae.W_enc, b_F, pre.reshape(-1, F), idx)
+    x_ND, pre_NF = x_BTD.reshape(-1, x_BTD.shape[-1]), pre.reshape(-1, sae.d_sae)
+    vals, pre_NF = SelectedPreActs.apply(x_ND, sae.W_enc, b_F, pre_NF, idx)
     return vals, pre_NF.view_as(pre)
 
 
