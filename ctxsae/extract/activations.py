@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from ctxsae.data.source import ActivationChunk
 from ctxsae.data.windows import make_windows
 from ctxsae.errors import UserError
-from ctxsae.extract.lm import LoadedLM
+from ctxsae.extract.lm import LoadedLM, resolve_device, resolve_dtype
 from ctxsae.ranges import at_least
 
 # Where the decoder blocks live, and what their attention / MLP submodules are called.
@@ -149,7 +149,10 @@ class LMActivations:
         self.layers = sorted(set(layers)) if layers else [lm.layer]
 
     def fingerprint(self, layer: int | None = None) -> dict:
-        loader = OmegaConf.to_container(self.lm_cfg.loader, resolve=True) if OmegaConf.is_config(self.lm_cfg.loader) else self.lm_cfg.loader
+        loader = OmegaConf.to_container(self.lm_cfg.loader, resolve=True) if OmegaConf.is_config(self.lm_cfg.loader) else dict(self.lm_cfg.loader)
+        if "device" in loader:  # the cache is keyed by what ran: "auto" on a CPU is the float32 CPU cache of before
+            loader["dtype"] = resolve_dtype(loader.get("dtype", "auto"), loader["device"])
+            loader["device"] = resolve_device(loader["device"])
         return {
             "kind": "lm_activations",
             "lm": loader,

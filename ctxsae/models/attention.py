@@ -57,7 +57,8 @@ import torch
 from torch import Tensor, nn
 
 from ctxsae.models.base import ContextualSAE, SAEOutput
-from ctxsae.models.topk import TopKConfig, TopKSAE, decode_masked, topk_relu
+from ctxsae.models.sparse_encoder import encode_topk
+from ctxsae.models.topk import TopKConfig, TopKSAE, decode_masked
 from ctxsae.ranges import at_least, between
 
 
@@ -123,7 +124,7 @@ class AttentionSAE(TopKSAE, ContextualSAE):
         d_head = self.cfg.d_head
 
         # Values: what the encoder sees at each position without context, as (feature, value) pairs.
-        uv_BTK, ui_BTK = topk_relu(self.pre_acts(x_BTD), Kv)
+        uv_BTK, ui_BTK, _ = encode_topk(self, x_BTD, Kv)
 
         # Each head reads the null slot and its R best-scoring earlier positions of the document.
         xc_BTD = x_BTD - self.b_dec

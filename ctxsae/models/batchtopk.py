@@ -25,7 +25,8 @@ import torch
 from torch import Tensor
 
 from ctxsae.models.base import SAEOutput
-from ctxsae.models.topk import TopKConfig, TopKSAE, decode_sparse, topk_relu
+from ctxsae.models.sparse_encoder import dense_pre_acts, select
+from ctxsae.models.topk import TopKConfig, TopKSAE, decode_sparse
 from ctxsae.ranges import between
 
 
@@ -46,17 +47,18 @@ class BatchTopKSAE(TopKSAE):
         self.register_buffer("threshold", torch.zeros(()))
 
     def forward(self, x_BTD: Tensor, doc_start_BT: Tensor) -> SAEOutput:
-        pre_BTF = self.pre_acts(x_BTD)
+        pre_BTF, b_F = dense_pre_acts(self, x_BTD)
         pre_flat = pre_BTF.reshape(-1)
         n_tokens = x_BTD.shape[0] * x_BTD.shape[1]
         if self.training:
-            vals, idx = topk_relu(pre_flat, self.cfg.k * n_tokens)
-            self._update_threshold(vals)
-            idx, order = idx.sort()  # decode_sparse wants each position's entries together
-            vals = vals[order]
+            # Sorted, because decode_sparse wants each position's entries together.
+            idx = pre_flat.topk(self.cfg.k * n_tokens, sorted=False).indices.sort().values
         else:
             idx = (pre_flat > self.threshold).nonzero().squeeze(1)
-            vals = pre_flat[idx]
+        vals, pre_BTF = select(self, x_BTD, b_F, pre_BTF, idx)  # the encoder's gradient from these entries only
+        if self.training:
+            vals = vals.relu()
+            self._update_threshold(vals)
         pos, latent = idx // self.d_sae, idx % self.d_sae
         codes_BTF = torch.zeros_like(pre_flat).scatter(0, idx, vals).view_as(pre_BTF)
         offsets = torch.searchsorted(pos, torch.arange(n_tokens, device=pos.device))

@@ -48,13 +48,97 @@ does to the reconstruction, not the code slots its resets take from other latent
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from ctxsae.models.base import ContextualSAE, SAEOutput
+from ctxsae.models.sparse_encoder import dense_pre_acts, one_thread_on_cpu, row_offsets, select
 from ctxsae.models.topk import TopKConfig, TopKSAE, decode_masked
 from ctxsae.ranges import above, fraction
+
+
+class Trace(NamedTuple):
+    """What the step loop decided, time-major; everything the backward pass needs besides lambda."""
+
+    idx_TBK: Tensor  # the k entries ranked largest |u - h| at each position (int64)
+    chosen_TBF: Tensor  # bool: entries sent as codes (among idx; a zero difference is not a code)
+    a_TBF: Tensor  # effective codes
+    z_TBF: Tensor  # novel codes
+    keep_TBF: Tensor  # bool: the held value survived the drop rule at t
+
+
+@torch.no_grad()
+def select_codes(u_TBF: Tensor, lam_TBF: Tensor, k: int, drop_below: float) -> Trace:
+    """The step loop of the module docstring, without a graph: codes, effective codes and the choices.
+
+    The values are those of the equations above bit for bit. Only what a step needs from the step
+    before is computed per step (about a dozen [B, F] operations, written into preallocated buffers
+    where they are kept); the novel codes are formed for all positions at once afterwards.
+    """
+    T, B, F = u_TBF.shape
+    a_TBF, diff_TBF = torch.empty_like(u_TBF), torch.empty_like(u_TBF)
+    drop_TBF = torch.empty_like(u_TBF, dtype=torch.bool)
+    chosen_TBF = torch.zeros_like(u_TBF, dtype=torch.bool)
+    idx_TBK = torch.empty(T, B, k, dtype=torch.long, device=u_TBF.device)
+    a_BF = u_TBF.new_zeros(B, F)
+    age_BF = torch.zeros_like(a_BF)  # lambda^(positions since the held value was set)
+    with one_thread_on_cpu(u_TBF.device):
+        for t in range(T):
+            age_BF = age_BF * lam_TBF[t]
+            drop_BF = torch.lt(age_BF, drop_below, out=drop_TBF[t])
+            h_BF = (lam_TBF[t] * a_BF).masked_fill_(drop_BF, 0.0)  # lambda a where the value survives, 0 where dropped
+            diff_BF = torch.sub(u_TBF[t], h_BF, out=diff_TBF[t])
+            idx_BK = torch.topk(diff_BF.abs(), k, dim=-1, sorted=False).indices
+            idx_TBK[t] = idx_BK
+            # A zero difference that makes the top k is no code, and must not re-set the age.
+            chosen_BF = chosen_TBF[t].scatter_(-1, idx_BK, diff_BF.gather(-1, idx_BK) != 0)
+            age_BF = age_BF.masked_fill_(drop_BF, 0.0).masked_fill_(chosen_BF, 1.0)
+            a_BF = torch.where(chosen_BF, u_TBF[t], h_BF, out=a_TBF[t])
+    z_TBF = diff_TBF.masked_fill_(~chosen_TBF, 0.0)
+    return Trace(idx_TBK, chosen_TBF, a_TBF, z_TBF, drop_TBF.logical_not_())
+
+
+class Recurrence(torch.autograd.Function):
+    """(a, z) of a ``Trace`` as functions of the chosen targets u [T, B, k] and lambda [F].
+
+    Given the choices, a_t = where(chosen, u_t, h_t) and z_t = where(chosen, u_t - h_t, 0) with
+    h_t = lambda_t keep_t a_{t-1} are linear, and so is the backward pass: with G_t = dL/da_t,
+
+        G_t = dL_t/da_t - lambda_{t+1} keep_{t+1} chosen_{t+1} dL/dz_{t+1}  +  lambda_{t+1} keep_{t+1} ~chosen_{t+1} G_{t+1},
+
+    one fused multiply-add per position in reverse; everything else is computed for all positions
+    at once. lambda's gradient passes straight through the drop (dh_t/dlambda = a_{t-1} whether or
+    not the value was dropped), as documented above.
+    """
+
+    @staticmethod
+    def forward(ctx, u_TBK: Tensor, lam_F: Tensor, carry_TB1: Tensor, trace: Trace):
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(lam_F, carry_TB1, *trace)
+        return trace.a_TBF, trace.z_TBF
+
+    @staticmethod
+    def backward(ctx, grad_a_TBF: Tensor | None, grad_z_TBF: Tensor | None):
+        lam_F, carry_TB1, idx_TBK, chosen_TBF, a_TBF, _, keep_TBF = ctx.saved_tensors
+        T = a_TBF.shape[0]
+        held_TBF = (carry_TB1 * lam_F) * keep_TBF  # dh_t/da_{t-1}
+        G_TBF = torch.zeros_like(a_TBF) if grad_a_TBF is None else grad_a_TBF.clone()
+        if grad_z_TBF is not None:
+            grad_z_TBF = grad_z_TBF.masked_fill(~chosen_TBF, 0.0)
+            G_TBF[:-1] -= held_TBF[1:] * grad_z_TBF[1:]
+        through_TBF = held_TBF.masked_fill_(chosen_TBF, 0.0)  # a_{t-1} reaches a_t only where nothing is sent
+        with one_thread_on_cpu(G_TBF.device):
+            for t in reversed(range(T - 1)):
+                torch.addcmul(G_TBF[t], through_TBF[t + 1], G_TBF[t + 1], out=G_TBF[t])
+        grad_u_TBF = G_TBF.masked_fill(~chosen_TBF, 0.0)
+        grad_h_TBF = G_TBF.masked_fill_(chosen_TBF, 0.0)
+        if grad_z_TBF is not None:
+            grad_u_TBF += grad_z_TBF
+            grad_h_TBF -= grad_z_TBF
+        grad_lam_F = (grad_h_TBF[1:] * a_TBF[:-1] * carry_TB1[1:]).sum((0, 1))
+        return grad_u_TBF.gather(-1, idx_TBK), grad_lam_F, None, None
 
 
 @dataclass
@@ -87,37 +171,18 @@ class RecurrentSAE(TopKSAE, ContextualSAE):
 
     def forward(self, x_BTD: Tensor, doc_start_BT: Tensor) -> SAEOutput:
         """aux: "retention", lambda [F] (detached), for ``attribute``."""
-        B = x_BTD.shape[0]
-        pre_BTF = self.pre_acts(x_BTD)
-        # Time-major, so each step reads one contiguous [B, F] slice.
-        u_TBF = pre_BTF.relu().transpose(0, 1).contiguous()
+        B, T, _ = x_BTD.shape
+        pre_BTF, b_F = dense_pre_acts(self, x_BTD)
         # Context enters position t only if t continues the document of t - 1 (never at t = 0).
         carry_TB1 = ~doc_start_BT.T[..., None]
-        # Straight through the clamp: a latent at lambda = 0 still learns whether holding would help.
-        lam_TBF = carry_TB1 * self.retention()  # 0 across a document start
-
-        a_BF = u_TBF.new_zeros(B, self.d_sae)
-        age_BF = torch.zeros_like(a_BF)  # lambda^(positions since the held value was set)
-        held, chosen, effective = [], [], []
-        for u_BF, lam_BF in zip(u_TBF.unbind(0), lam_TBF.unbind(0)):
-            with torch.no_grad():
-                age_BF = age_BF * lam_BF
-                drop_BF = age_BF < self.cfg.drop_below
-            # Forward: lambda a where the value survives, 0 where it is dropped. The gradient reaches
-            # lambda either way: would the dropped remainder have been worth keeping?
-            h_BF = (lam_BF - (lam_BF * drop_BF).detach()) * a_BF
-            with torch.no_grad():
-                diff_BF = u_BF - h_BF
-                idx_BK = diff_BF.abs().topk(self.cfg.k, dim=-1, sorted=False).indices
-                # A zero difference that makes the top k is no code, and must not re-set the age.
-                chosen_BF = torch.zeros_like(diff_BF, dtype=torch.bool).scatter_(-1, idx_BK, True) & (diff_BF != 0)
-                age_BF = torch.where(chosen_BF, 1.0, age_BF.masked_fill(drop_BF, 0.0))
-            a_BF = torch.where(chosen_BF, u_BF, h_BF)
-            held.append(h_BF)
-            chosen.append(chosen_BF)
-            effective.append(a_BF)
-        a_TBF = torch.stack(effective)
-        z_TBF = torch.where(torch.stack(chosen), u_TBF - torch.stack(held), 0.0)
+        lam_F = self.retention()
+        # Which entries are sent is decided without a graph (time-major: each step reads one contiguous
+        # slice); the gradient then flows through the chosen entries only, encoder included.
+        u_TBF = pre_BTF.relu().transpose(0, 1).contiguous()
+        trace = select_codes(u_TBF, carry_TB1 * lam_F.detach(), self.cfg.k, self.cfg.drop_below)  # lambda 0 across a document start
+        idx_BTK = trace.idx_TBK.transpose(0, 1)
+        u_BTK, pre_BTF = select(self, x_BTD, b_F, pre_BTF, row_offsets(idx_BTK, self.d_sae))
+        a_TBF, z_TBF = Recurrence.apply(u_BTK.relu().transpose(0, 1), lam_F, carry_TB1, trace)
         # Decode only the entries that are non-zero or could have been carried: skipping exact zeros
         # is what makes decoding cheap (as in TopK), but an entry that is 0 only because its previous
         # value was not held must still receive its gradient, which tells the retention whether
@@ -128,7 +193,7 @@ class RecurrentSAE(TopKSAE, ContextualSAE):
         recon_TBD = decode_masked(self.W_dec, a_TBF, active_TBF | carriable_TBF) + self.b_dec
         return SAEOutput(
             z_TBF.transpose(0, 1), a_TBF.transpose(0, 1), recon_TBD.transpose(0, 1), pre_BTF,
-            {"retention": self.retention().detach()},
+            {"retention": lam_F.detach()},
         )
 
     # -- reading the context pathway ----------------------------------------------------------------

@@ -61,7 +61,7 @@ class SAEModule(L.LightningModule):
             if self.trainer.world_size > 1:  # every DDP rank must agree on which latents are dead
                 fired_F, n_tokens = self.all_gather(fired_F).any(0), self.all_gather(n_tokens).sum()
             self.tokens_since_fired_F += n_tokens
-            self.tokens_since_fired_F[fired_F] = 0
+            self.tokens_since_fired_F.masked_fill_(fired_F, 0)  # not [fired_F] = 0: boolean indexing syncs with the GPU
             logs |= {
                 "train/fvu": fvu(batch.x_BTD, out.reconstruction, batch.mask_BT),
                 "train/l0": l0(out.codes, batch.mask_BT),

@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 
 import lightning as L
+import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -37,6 +38,16 @@ def resume_path(cfg: DictConfig, run_dir: RunDir) -> str | None:
     return str(run_dir.last_checkpoint) if run_dir.last_checkpoint.exists() else None
 
 
+def training_precision(precision: str, accelerator: str) -> str:
+    """Resolve ``trainer.precision=auto``: bf16-mixed with TF32 float32 matmuls on a GPU, 32-true on the CPU."""
+    if precision != "auto":
+        return precision
+    if accelerator == "cpu" or not torch.cuda.is_available():
+        return "32-true"
+    torch.set_float32_matmul_precision("high")  # TF32 for what stays float32 (optimizer, decoder renormalisation)
+    return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
+
+
 def build_group(cfg: DictConfig, group: str, **kwargs):
     """Instantiate the ``_target_`` node ``cfg[group]``; a wrong argument is a one-line error naming the group."""
     try:
@@ -54,8 +65,9 @@ def build_trainer(cfg: DictConfig, run_dir: RunDir) -> tuple[L.Trainer, Throughp
         kwargs = {"dirpath": run_dir.checkpoints} if name == "model_checkpoint" else {}
         callbacks[name] = build_group(cfg.callbacks, name, **kwargs)
     logger = build_group(cfg, "logger", save_dir=str(run_dir.path))
+    precision = training_precision(cfg.trainer.get("precision", "32-true"), cfg.trainer.get("accelerator", "auto"))
     trainer = build_group(cfg, "trainer", default_root_dir=str(run_dir.path), logger=logger,
-                          callbacks=list(callbacks.values()))
+                          callbacks=list(callbacks.values()), precision=precision)
     throughput = next((c for c in callbacks.values() if isinstance(c, Throughput)), None)
     if throughput is None:
         raise UserError("callbacks: the throughput callback (ctxsae.train.callbacks.Throughput) is missing; keep it in conf/callbacks")
@@ -108,6 +120,8 @@ def train(cfg: DictConfig, run_dir: Path | RunDir) -> dict | None:
         "held_out": held_out,
         "train_tokens": int(module.global_step * batch_tokens),
         "train_tokens_per_s": throughput.tokens_per_s * trainer.world_size,
+        "device": str(trainer.strategy.root_device),
+        "precision": str(trainer.precision),
         "extract_tokens_per_s": dm.cache.manifest.get("extract_tokens_per_s"),
         "cache": str(dm.cache.folder),
         "run_dir": str(run_dir.path),
@@ -127,7 +141,8 @@ def format_summary(s: dict) -> str:
             f"  L0 novel codes     {s['l0']:.2f}",
             f"  L0 effective codes {s['l0_effective']:.2f}",
             f"  dead features      {100 * s['dead_fraction']:.1f}%",
-            f"  training           {s['train_tokens']:,} tokens at {s['train_tokens_per_s']:.0f} tok/s",
+            f"  training           {s['train_tokens']:,} tokens at {s['train_tokens_per_s']:.0f} tok/s"
+            f" ({s.get('device', '?')}, {s.get('precision', '?')})",
             f"  extraction         {extract}  (cache: {s['cache']})",
             f"  SAE weights        {s['sae_file']}",
             f"  TensorBoard        {s['tensorboard']}",

@@ -1,4 +1,4 @@
-"""The harness runs end to end at tiny sizes and reports all seven figures; no timing is asserted."""
+"""The harness runs end to end at tiny sizes and reports every figure; no timing is asserted."""
 
 import json
 import math
@@ -10,10 +10,10 @@ from ctxsae.bench import RandomSource, batch_of, topk_flops, train_step_fn
 from ctxsae.bench.__main__ import main
 from ctxsae.models.topk import TopKConfig, TopKSAE
 
-FIGURES = {"extraction", "multilayer", "cache", "saelens", "roofline", "contextual", "memory"}
+FIGURES = {"extraction", "multilayer", "cache", "saelens", "sparsify", "roofline", "contextual", "end_to_end", "memory"}
 
 
-def test_quick_run_writes_all_seven_figures_with_finite_ratios_or_skip_reasons(tmp_path):
+def test_quick_run_writes_every_figure_with_finite_ratios_or_skip_reasons(tmp_path):
     out = tmp_path / "bench.json"
     main(["--quick", "--d-in", "32", "--d-sae", "256", "--k", "4", "--batch-tokens", "64", "--n-ctx", "16",
           "--steps", "1", "--warmup", "0", "--lm-windows", "2", "--lm-batch-windows", "2", "--mem-windows", "4",
@@ -41,7 +41,8 @@ def test_training_step_updates_weights_and_keeps_decoder_rows_unit_norm():
 
 
 def test_flop_count_and_random_source_shapes():
-    assert topk_flops(10, 4, 8, 2) == 4 * 10 * 4 * 8 + 6 * 10 * 2 * 4
+    # dense encoder forward, sparse encoder backward (k entries per row), sparse decoder forward and backward
+    assert topk_flops(10, 4, 8, 2) == 2 * 10 * 4 * 8 + 2 * 10 * 2 * 4 + 6 * 10 * 2 * 4
     chunks = list(RandomSource(d_in=8, n_ctx=4, n_windows=5).chunks(0, 2))
     assert [len(c.x_NTD) for c in chunks] == [2, 2, 1] and chunks[0].doc_start_NT[:, 0].all()
 
@@ -54,3 +55,11 @@ def test_saelens_step_trains_when_sae_lens_is_installed():
     before = sae.W_enc.detach().clone()
     saelens_step_fn(sae, batch_of(16, 64, 8).x_BTD.flatten(0, 1), lr=1e-2)()
     assert not torch.equal(before, sae.W_enc)
+
+
+def test_only_runs_the_named_figures(tmp_path):
+    out = tmp_path / "bench.json"
+    main(["--quick", "--d-in", "32", "--d-sae", "128", "--k", "4", "--batch-tokens", "32", "--n-ctx", "16",
+          "--steps", "1", "--warmup", "0", "--only", "roofline", "sparsify", "--out", str(out)])
+    entries = json.loads(out.read_text())["entries"]
+    assert set(entries) == {"roofline", "sparsify"} and entries["roofline"]["detail"]["device"] in ("cpu", "cuda")

@@ -11,7 +11,7 @@ from ctxsae.metrics.basic import fvu, l0
 from ctxsae.models import build_sae
 from ctxsae.models.base import window_starts
 from ctxsae.models.recurrent import RecurrentConfig, RecurrentSAE
-from ctxsae.models.topk import TopKConfig, TopKSAE
+from ctxsae.models.topk import TopKConfig, TopKSAE, decode_masked
 
 D, F, K, B, T = 32, 96, 6, 3, 24
 
@@ -174,3 +174,65 @@ def test_fixed_retention_stays_where_it_was_set(fit):
     fit(sae, x, steps=5, batch_windows=8)
     assert torch.equal(sae.retention(), before) and torch.allclose(before, torch.tensor(0.9))
     assert not sae.retention_raw.requires_grad
+
+
+def reference_forward(sae: RecurrentSAE, x_BTD, doc_start_BT):
+    """The step loop as first written, one autograd graph through every step: the definition the fast path must match."""
+    B, T, _ = x_BTD.shape
+    pre_BTF = sae.pre_acts(x_BTD)
+    u_TBF = pre_BTF.relu().transpose(0, 1).contiguous()
+    carry_TB1 = ~doc_start_BT.T[..., None]
+    carry_TB1[0] = False
+    lam_TBF = carry_TB1 * sae.retention()
+    a_BF = u_TBF.new_zeros(B, sae.d_sae)
+    age_BF = torch.zeros_like(a_BF)
+    held, chosen, effective = [], [], []
+    for u_BF, lam_BF in zip(u_TBF.unbind(0), lam_TBF.unbind(0)):
+        with torch.no_grad():
+            age_BF = age_BF * lam_BF
+            drop_BF = age_BF < sae.cfg.drop_below
+        h_BF = (lam_BF - (lam_BF * drop_BF).detach()) * a_BF
+        with torch.no_grad():
+            diff_BF = u_BF - h_BF
+            idx_BK = diff_BF.abs().topk(sae.cfg.k, dim=-1, sorted=False).indices
+            chosen_BF = torch.zeros_like(diff_BF, dtype=torch.bool).scatter_(-1, idx_BK, True) & (diff_BF != 0)
+            age_BF = torch.where(chosen_BF, 1.0, age_BF.masked_fill(drop_BF, 0.0))
+        a_BF = torch.where(chosen_BF, u_BF, h_BF)
+        held.append(h_BF)
+        chosen.append(chosen_BF)
+        effective.append(a_BF)
+    a_TBF = torch.stack(effective)
+    z_TBF = torch.where(torch.stack(chosen), u_TBF - torch.stack(held), 0.0)
+    active_TBF = a_TBF != 0
+    carriable_TBF = torch.zeros_like(active_TBF)
+    carriable_TBF[1:] = active_TBF[:-1] & carry_TB1[1:]
+    recon_TBD = decode_masked(sae.W_dec, a_TBF, active_TBF | carriable_TBF) + sae.b_dec
+    return z_TBF.transpose(0, 1), a_TBF.transpose(0, 1), recon_TBD.transpose(0, 1), pre_BTF
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fast_step_loop_matches_the_reference_loop_exactly(dtype):
+    """Values bit for bit, gradients (of the reconstruction, the codes and AuxK's pre-activations) to rounding."""
+    sae, x = mixed_sae(dtype).train(), windows(dtype)
+    with torch.no_grad():
+        sae.retention_raw[1::3] = 0.95 / sae.cfg.retention_speed  # decays slowly enough for the drop rule to act mid-run
+    doc_start = torch.zeros(B, T, dtype=torch.bool)
+    doc_start[:, 0] = doc_start[0, 9] = doc_start[2, 17] = True
+    target, weights = torch.randn_like(x), torch.randn(B, T, F, dtype=dtype)
+    params = [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, sae.retention_raw]
+
+    def loss(z, a, recon, pre):
+        return (recon - target).pow(2).sum() + (weights * z).sum() + (weights * pre.relu()).mean()
+
+    out = sae(x, doc_start)
+    grads = torch.autograd.grad(loss(*out[:3], out.pre_acts), params)
+    ref = reference_forward(sae, x, doc_start)
+    ref_grads = torch.autograd.grad(loss(*ref), params)
+    for a, b in zip(out[:3], ref):
+        assert torch.equal(a, b)
+    assert torch.equal(out.pre_acts, ref[3])
+    assert out.codes.ne(0).any() and out.effective_codes.ne(out.codes).any()  # something was held
+    tol = {"rtol": 1e-4, "atol": 1e-4} if dtype == torch.float32 else {}  # sums in another order
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, **tol)
+    assert grads[-1].ne(0).any()  # the retention learns

@@ -1,0 +1,178 @@
+"""Sparse backward passes for codes chosen by a selection rule (TopK, BatchTopK, recurrent, attention, TFA).
+
+A TopK-family SAE computes the dense pre-activations ``pre = x W_enc + b`` [N, d_sae] (the
+selection needs all of them), but only the selected entries reach the loss: the gradient
+arriving at ``pre`` is zero except at k entries per row. Plain autograd nevertheless forms it
+as a dense [N, d_sae] matrix and multiplies it back, 2 N d_in d_sae FLOPs for ``dL/dW_enc``
+(and as many again for ``dL/dx`` where the input needs one). Here the gradient is formed from
+the selected entries only, as a sparse [N, d_sae] matrix with k entries per row:
+
+    dL/dW_enc = x^T S      2 N k d_in FLOPs     (S: the k-sparse gradient at pre)
+    dL/db     = sum_n S_n  N k
+    dL/dx     = S W_enc^T  2 N k d_in           (only when x needs a gradient: attention, TFA)
+
+Sparsify (EleutherAI) does the same in its fused encoder with ``index_add`` over the
+materialised [N k, d_in] contributions. Here both products are ``embedding_bag`` sums, which
+materialise nothing: x^T S is a bag per latent (its selected positions, weighted by their
+gradients) after one stable sort of the latent indices (``transposed_sparse_product``). The
+decoder's weight gradient is the same product, so ``SparseDecode`` uses it too, in place of
+``embedding_bag``'s own backward, whose parallel sort is what stalled a loaded CPU (below).
+
+The forward values are those of ``SAE.pre_acts`` bit for bit: the caller computes the dense
+product itself (``dense_pre_acts``), chooses entries from it however its rule says, and passes
+both in. ``SelectedPreActs`` returns the chosen values and the dense pre-activations again,
+now attached to the graph:
+
+* the chosen values carry the sparse gradient above;
+* the dense pre-activations still have an exact gradient path for whoever reads them. AuxK
+  reads them when latents are dead (its top-k among the dead latents); its gradient arrives
+  dense and the backward then takes the dense products, i.e. costs what plain autograd costs,
+  and only on the steps where AuxK is active. Nothing changes in what AuxK learns (sparsify's
+  fused encoder drops this gradient; we keep it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ctxsae.models.base import SAE
+
+
+@contextmanager
+def one_thread_on_cpu(device: torch.device) -> Iterator[None]:
+    """Run small or sort-heavy CPU operations on one thread.
+
+    Each split of an operation across threads ends in a barrier that waits for the slowest thread:
+    on a loaded machine a descheduled thread made a step loop's [B, F] operations cost a scheduler
+    time slice each (~20 ms, against ~0.05 ms of work), and the parallel sort of 65k indices 0.5 s
+    against 3 ms on one thread. The big products keep all threads.
+    """
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def transposed_sparse_product(rows_M: Tensor, cols_M: Tensor, vals_M: Tensor, dense_ND: Tensor, n_cols: int) -> Tensor:
+    """S^T dense [n_cols, D] for the sparse [N, n_cols] matrix S with entries (rows, cols, vals).
+
+    Row c of the result is a bag: sum over the entries in column c of val * dense[row]. One stable
+    sort groups the entries by column; ``embedding_bag`` then sums the bags without materialising
+    the [M, D] products (empty bags are zero).
+    """
+    with one_thread_on_cpu(cols_M.device):
+        order_M = cols_M.argsort(stable=True)
+        counts = torch.bincount(cols_M, minlength=n_cols)
+    offsets = counts.cumsum(0) - counts
+    return F.embedding_bag(rows_M[order_M], dense_ND, offsets, mode="sum", per_sample_weights=vals_M[order_M].to(dense_ND.dtype))
+
+
+class SparseDecode(torch.autograd.Function):
+    """sum_j vals_j W_dec[idx_j] per bag (``embedding_bag`` forward) with its backward formed as above.
+
+    ``idx``/``vals`` flat [M] with ``offsets`` [N] (where each position's entries start) and ``rows``
+    [M] (the position of each entry). dL/dW_dec = S^T dL/dout (``transposed_sparse_product``);
+    dL/dvals_j = <dL/dout[row_j], W_dec[idx_j]> (ATen's per-sample-weights backward).
+    """
+
+    @staticmethod
+    def forward(ctx, W_dec: Tensor, idx_M: Tensor, vals_M: Tensor, offsets_N: Tensor, rows_M: Tensor) -> Tensor:
+        ctx.save_for_backward(W_dec, idx_M, vals_M, offsets_N, rows_M)
+        return F.embedding_bag(idx_M, W_dec, offsets_N, mode="sum", per_sample_weights=vals_M.to(W_dec.dtype))
+
+    @staticmethod
+    def backward(ctx, grad_ND: Tensor):
+        W_dec, idx_M, vals_M, offsets_N, rows_M = ctx.saved_tensors
+        grad_ND = grad_ND.to(W_dec.dtype).contiguous()
+        grad_W = transposed_sparse_product(rows_M, idx_M, vals_M, grad_ND, W_dec.shape[0]) if ctx.needs_input_grad[0] else None
+        grad_vals = None
+        if ctx.needs_input_grad[2]:
+            grad_vals = torch.ops.aten._embedding_bag_per_sample_weights_backward(
+                grad_ND, W_dec, idx_M, offsets_N, rows_M, 0, -1).to(vals_M.dtype)
+        return grad_W, None, grad_vals, None, None
+
+
+def folded_bias(sae: SAE) -> Tensor:
+    """b_enc - b_dec W_enc [d_sae]: ``SAE.pre_acts``'s bias, with b_dec folded in (see its docstring)."""
+    return sae.b_enc - sae.b_dec @ sae.W_enc
+
+
+class SelectedPreActs(torch.autograd.Function):
+    """(pre.flatten()[idx], pre) for ``pre = x_ND W_enc + b_F``, given detached ``pre_NF`` and flat ``idx``.
+
+    ``idx`` (any shape, int64) indexes the flattened [N, d_sae] pre-activations and must not
+    repeat an entry. The first output has ``idx``'s shape.
+    """
+
+    @staticmethod
+    def forward(ctx, x_ND: Tensor, W_enc: Tensor, b_F: Tensor, pre_NF: Tensor, idx: Tensor):
+        ctx.set_materialize_grads(False)  # an unused output sends None, not a dense zero tensor
+        ctx.save_for_backward(x_ND, W_enc, idx)
+        return pre_NF.flatten().take(idx), pre_NF
+
+    @staticmethod
+    def backward(ctx, grad_vals: Tensor | None, grad_pre_NF: Tensor | None):
+        x_ND, W_enc, idx = ctx.saved_tensors
+        need_x, need_W, need_b = ctx.needs_input_grad[:3]
+        N, n_latents = x_ND.shape[0], W_enc.shape[1]
+        dtype = W_enc.dtype
+        if grad_pre_NF is not None:  # someone read the dense pre-activations (AuxK): dense products
+            G_NF = grad_pre_NF.to(dtype).clone()
+            if grad_vals is not None:
+                G_NF.view(-1).index_add_(0, idx.flatten(), grad_vals.flatten().to(dtype))
+            grad_x = G_NF @ W_enc.T if need_x else None
+            grad_W = x_ND.to(dtype).T @ G_NF if need_W else None
+            grad_b = G_NF.sum(0) if need_b else None
+            return grad_x, grad_W, grad_b, None, None
+        if grad_vals is None:
+            return None, None, None, None, None
+        flat, g = idx.flatten(), grad_vals.flatten().to(dtype)
+        rows, cols = flat // n_latents, flat % n_latents
+        grad_x = transposed_sparse_product(cols, rows, g, W_enc.T.contiguous(), N) if need_x else None
+        grad_W = transposed_sparse_product(rows, cols, g, x_ND.to(dtype), n_latents).T if need_W else None
+        grad_b = torch.zeros(n_latents, dtype=dtype, device=g.device).index_add_(0, cols, g) if need_b else None
+        return grad_x, grad_W, grad_b, None, None
+
+
+def dense_pre_acts(sae: SAE, x_BTD: Tensor) -> tuple[Tensor, Tensor]:
+    """(pre [.., d_sae] without a graph, the folded bias with one): the values ``SAE.pre_acts`` computes."""
+    b_F = folded_bias(sae)
+    with torch.no_grad():
+        pre = x_BTD @ sae.W_enc + b_F
+    return pre, b_F
+
+
+def select(sae: SAE, x_BTD: Tensor, b_F: Tensor, pre: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
+    """(chosen pre-activations, dense pre-activations), both on the graph; ``idx`` indexes ``pre.flatten()``.
+
+    ``pre`` and ``b_F`` come from ``dense_pre_acts(sae, x_BTD)``; any leading shape of ``x_BTD`` works.
+    """
+    x_ND, pre_NF = x_BTD.reshape(-1, x_BTD.shape[-1]), pre.reshape(-1, sae.d_sae)
+    vals, pre_NF = SelectedPreActs.apply(x_ND, sae.W_enc, b_F, pre_NF, idx)
+    return vals, pre_NF.view_as(pre)
+
+
+def row_offsets(idx_NK: Tensor, d_sae: int) -> Tensor:
+    """Per-row indices [..., k] into the last dim -> indices into the flattened tensor."""
+    rows = torch.arange(idx_NK[..., 0].numel(), device=idx_NK.device).view(idx_NK.shape[:-1] + (1,))
+    return idx_NK + rows * d_sae
+
+
+def encode_topk(sae: SAE, x_BTD: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(values [.., k] after ReLU, their latent indices [.., k], dense pre-activations [.., d_sae]) of
+    TopK_k(ReLU(pre_acts(x))), with the encoder's gradient formed from the k chosen entries.
+
+    Values and indices are those of ``topk_relu(sae.pre_acts(x), k)``.
+    """
+    pre, b_F = dense_pre_acts(sae, x_BTD)
+    idx = pre.topk(k, dim=-1, sorted=False).indices
+    vals, pre = select(sae, x_BTD, b_F, pre, row_offsets(idx, sae.d_sae))
+    return vals.relu(), idx, pre

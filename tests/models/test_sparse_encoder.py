@@ -1,0 +1,88 @@
+"""The sparse encoder backward gives plain autograd's values and gradients, for every model that uses it."""
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from ctxsae.models.attention import AttentionSAE
+from ctxsae.models.batchtopk import BatchTopKSAE
+from ctxsae.models.recurrent import RecurrentSAE
+from ctxsae.models.sparse_encoder import SelectedPreActs
+from ctxsae.models.tfa import TFASAE
+from ctxsae.models.topk import TopKSAE, decode_sparse
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def plain_selected_pre_acts(x_ND, W_enc, b_F, pre_NF, idx):
+    """The reference: the same values through ordinary autograd (a dense gradient at pre)."""
+    pre_NF = x_ND @ W_enc + b_F
+    return pre_NF.flatten().take(idx), pre_NF
+
+
+def loss_and_grads(sae, x_BTD, doc_start_BT, dead_F):
+    out = sae(x_BTD, doc_start_BT)
+    loss = (out.reconstruction - x_BTD).pow(2).sum(-1).mean()
+    if dead_F is not None:
+        loss = loss + sae.auxiliary_loss(x_BTD, out, dead_F).mean() / 32
+    params = [p for p in sae.parameters() if p.requires_grad]
+    return out, torch.autograd.grad(loss, params, allow_unused=True)
+
+
+def build(cls, device, **kw):
+    torch.manual_seed(0)
+    sae = cls(cls.config_class(d_in=32, d_sae=128, k=6, **kw)).to(device)
+    with torch.no_grad():
+        sae.b_dec.normal_()  # b_dec is folded into the encoder bias: give it a gradient worth checking
+        if isinstance(sae, RecurrentSAE):
+            sae.retention_raw.uniform_(0.0, 0.12)  # some latents hold, some decay, some are closed
+        if isinstance(sae, AttentionSAE):
+            sae.carry_logit[::2] = 1.0  # half the features carry: the second pass's input has a gradient
+        if isinstance(sae, TFASAE):
+            sae.gain.fill_(0.5)  # the prediction is open: the residual's codes depend on the attention maps
+    return sae
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("cls,kw", [(TopKSAE, {}), (BatchTopKSAE, {}), (RecurrentSAE, {}), (AttentionSAE, {}),
+                                    (TFASAE, {"bottleneck_factor": 8})])
+@pytest.mark.parametrize("auxk", [False, True])
+def test_values_and_gradients_match_plain_autograd(cls, kw, auxk, device, monkeypatch):
+    x = torch.randn(3, 12, 32, device=device)
+    doc_start = torch.zeros(3, 12, dtype=torch.bool, device=device)
+    doc_start[:, 0] = doc_start[1, 5] = True
+    dead = (torch.arange(128, device=device) % 3 == 0) if auxk else None
+    sae = build(cls, device, **kw)
+    out, grads = loss_and_grads(sae, x, doc_start, dead)
+    monkeypatch.setattr(SelectedPreActs, "apply", plain_selected_pre_acts)
+    ref_out, ref_grads = loss_and_grads(sae, x, doc_start, dead)
+    for a, b in zip(out[:3], ref_out[:3]):
+        assert torch.equal(a, b)
+    assert torch.equal(out.pre_acts, ref_out.pre_acts)
+    for (name, _), g, ref in zip(sae.named_parameters(), grads, ref_grads):
+        if ref is None:
+            assert g is None or not g.any(), name
+        else:
+            assert_close(g, ref, rtol=1e-4, atol=1e-5, msg=name)
+
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_sparse_decode_matches_embedding_bag_autograd_with_uneven_and_empty_bags(device):
+    """The decoder's own backward (a bag per latent) against embedding_bag's, for flat entries with offsets."""
+    g = torch.Generator().manual_seed(0)
+    W_dec = torch.randn(40, 8, generator=g).to(device).requires_grad_()
+    counts = torch.tensor([3, 0, 5, 1, 0, 7])
+    idx = torch.cat([torch.randperm(40, generator=g)[:c] for c in counts]).to(device)
+    vals = torch.randn(len(idx), generator=g).to(device).requires_grad_()
+    offsets = (counts.cumsum(0) - counts).to(device)
+    target = torch.randn(len(counts), 8, generator=g).to(device)
+    out = decode_sparse(W_dec, idx, vals, offsets)
+    grads = torch.autograd.grad((out * target).sum(), [W_dec, vals])
+    ref = torch.nn.functional.embedding_bag(idx, W_dec, offsets, mode="sum", per_sample_weights=vals)
+    ref_grads = torch.autograd.grad((ref * target).sum(), [W_dec, vals])
+    assert torch.equal(out, ref)
+    for a, b in zip(grads, ref_grads):
+        assert_close(a, b)
