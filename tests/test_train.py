@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-from safetensors import safe_open
 
 from ctxsae.models import load_sae
 from ctxsae.models.topk import TopKSAE
