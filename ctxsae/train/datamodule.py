@@ -154,6 +154,9 @@ class ActivationDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         ds = self.dataset("train")
         epoch_windows = len(ds) - len(ds) % self.cfg.batch_windows  # drop_last: whole batches only
+        if epoch_windows == 0:
+            raise UserError(f"the cache holds {len(ds)} training window(s), fewer than data.batch_windows="
+                            f"{self.cfg.batch_windows}: lower data.batch_windows or raise data.draw_windows")
         # One optimiser step per batch on each process: the step count says how many windows were consumed.
         windows_per_step = self.cfg.batch_windows * (self.trainer.world_size if self.trainer else 1)
         return ResumableLoader(ds, sampler=EpochOrderSampler(len(ds), self.order_seed, epoch_windows), drop_last=True,

@@ -16,7 +16,7 @@ FIGURES = {"extraction", "multilayer", "cache", "saelens", "sparsify", "roofline
 def test_quick_run_writes_every_figure_with_finite_ratios_or_skip_reasons(tmp_path):
     out = tmp_path / "bench.json"
     main(["--quick", "--d-in", "32", "--d-sae", "256", "--k", "4", "--batch-tokens", "64", "--n-ctx", "16",
-          "--steps", "1", "--warmup", "0", "--lm-windows", "2", "--lm-batch-windows", "2", "--mem-windows", "4",
+          "--steps", "1", "--warmup", "0", "--lm-windows", "2", "--lm-batch-windows", "2", "--mem-windows", "8",
           "--out", str(out)])
     report = json.loads(out.read_text())
     assert set(report["entries"]) == FIGURES

@@ -1,8 +1,10 @@
 import numpy as np
+import pytest
 import torch
 
 from ctxsae.cache.store import CacheConfig
 from ctxsae.data.synthetic import SyntheticSource
+from ctxsae.errors import UserError
 from ctxsae.train.datamodule import ActivationDataModule, DataConfig
 
 
@@ -53,3 +55,9 @@ def test_train_loader_shuffles_windows_not_tokens(tmp_path):
     rows = (chunk.x_NTD * dm.scale).flatten(1)
     for row in batch.x_BTD.flatten(1):
         assert torch.isclose(rows, row, atol=1e-6).all(1).any()
+
+
+def test_fewer_training_windows_than_one_batch_is_a_one_line_error(tmp_path):
+    dm, _ = make_dm(tmp_path, batch_windows=64)  # 30 training windows
+    with pytest.raises(UserError, match="30 training window.*data.batch_windows=64: lower data.batch_windows"):
+        dm.train_dataloader()
