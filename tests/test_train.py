@@ -74,7 +74,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
         ("model.d_in=99", "model.d_in=99 but the activations have d_model 64"),
         ("lm.layer=5", "hook layer 5 is out of range"),
         ("optim.lr=1e30", "loss is"),
-        ("data.n_ctx=100000", "fewer than one window"),
+        ("data.n_ctx=100000", "position limit of 2048 tokens: lower data.n_ctx"),
     ],
 )
 def test_bad_input_ends_with_one_line_that_names_the_fix(tmp_path, override, message):
