@@ -1,13 +1,16 @@
-"""Errors caused by the user's input rather than by a bug, and how the entry points report them.
+"""Errors caused by the user's input rather than by a bug, and what the entry points print.
 
 Their message is one line that names the fix; the entry points (``entry_point``) print it without
-a traceback and exit with status 1. Anything else is a bug and keeps its traceback.
+a traceback and exit with status 1. Anything else is a bug and keeps its traceback. The entry
+points also drop third-party noise that says nothing about the run (``quiet_third_party``).
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import sys
+import warnings
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -35,12 +38,25 @@ def exit_with(error: UserError) -> None:
     sys.exit(1)
 
 
+class _NoAdverts(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("\N{ELECTRIC LIGHT BULB} Tip:")
+
+
+def quiet_third_party() -> None:
+    """Drop Lightning's product tips (litlogger, litmodels) and the deprecation warning its tree utilities
+    raise under the pinned torch: neither is about the run, and both print on every run."""
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts())
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+
+
 def entry_point(main: F) -> F:
     """An entry point's main: a ``UserError`` (also one raised inside Hydra's ``instantiate``) becomes
-    ``error: <message>`` on stderr and exit status 1, with no traceback."""
+    ``error: <message>`` on stderr and exit status 1, with no traceback; third-party noise is quieted."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
+        quiet_third_party()
         try:
             return main(*args, **kwargs)
         except Exception as e:

@@ -39,6 +39,7 @@ def test_train_writes_summary_tensorboard_events_and_sae(tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["l0"] == pytest.approx(8, abs=0.5) and 0 <= summary["fvu"] < 1.5
     assert "ctxsae run summary" in result.stdout and "held-out FVU" in result.stdout
+    assert "Tip:" not in result.stdout + result.stderr and "LeafSpec" not in result.stderr  # third-party noise
     assert (summary["device"], summary["precision"]) == ("cpu", "32-true")  # precision=auto on a CPU
     events = list((run_dir / "tb").rglob("events.out.tfevents.*"))
     assert events and max(e.stat().st_size for e in events) > 1000
