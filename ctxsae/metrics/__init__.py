@@ -15,6 +15,10 @@ from typing import Protocol
 import torch
 
 from ctxsae.cache.dataset import Windows
+from ctxsae.metrics.context import ContextPathway
+from ctxsae.metrics.reconstruction import Reconstruction
+from ctxsae.metrics.sparsity import Sparsity
+from ctxsae.metrics.temporal import Temporal
 from ctxsae.models.base import SAE, ContextualSAE, SAEOutput
 from ctxsae.ranges import at_least, between
 
@@ -42,11 +46,6 @@ def held_out_accumulators(sae: SAE, cfg: MetricsConfig, device: torch.device | s
     A held-out pass runs in one process (also after data-parallel training, on rank 0 alone), so
     the accumulators do not wait for other processes' sums.
     """
-    from ctxsae.metrics.context import ContextPathway
-    from ctxsae.metrics.reconstruction import Reconstruction
-    from ctxsae.metrics.sparsity import Sparsity
-    from ctxsae.metrics.temporal import Temporal
-
     accumulators = {
         "reconstruction": Reconstruction(sae.d_in, sync_on_compute=False).to(device),
         "sparsity": Sparsity(sae.d_sae, cfg.dense_threshold, sync_on_compute=False).to(device),
