@@ -13,7 +13,7 @@ from ctxsae.data.windows import token_texts
 from ctxsae.errors import UserError
 from ctxsae.eval.config import EvalConfig
 from ctxsae.eval.figures import top_latents
-from ctxsae.eval.held_out import held_out_pass
+from ctxsae.eval.held_out import held_out_indices, held_out_pass
 from ctxsae.eval.probe import ProbeCodes, language_switch
 from ctxsae.eval.run import Evaluation
 from ctxsae.extract.activations import get_attr, layout_of
@@ -351,8 +351,7 @@ def check_same_windows(a: OpenRun, b: OpenRun) -> None:
 def _summary(accumulators: dict, dm, cfg: EvalConfig) -> dict[str, float]:
     sparsity = accumulators["sparsity"].compute()
     summary = {k: sparsity[k] for k in ("l0", "l0_effective", "dead_fraction", "n_tokens")}
-    windows = len(dm.val_idx) if cfg.held_out_windows <= 0 else min(cfg.held_out_windows, len(dm.val_idx))
-    return summary | {"fvu": accumulators["reconstruction"].compute()["fvu"], "windows": windows}
+    return summary | {"fvu": accumulators["reconstruction"].compute()["fvu"], "windows": len(held_out_indices(dm, cfg))}
 
 
 def collect_summary(sae: SAE, dm, cfg: EvalConfig) -> dict[str, float]:

@@ -18,7 +18,7 @@ from ctxsae.eval.config import EvalConfig
 from ctxsae.eval.downstream import downstream_figures
 from ctxsae.eval.figures import heatmaps, log_tensorboard, quiet
 from ctxsae.eval.ground_truth import ground_truth_figures
-from ctxsae.eval.held_out import REGION_FIGURES, held_out_pass
+from ctxsae.eval.held_out import REGION_FIGURES, held_out_indices, held_out_pass
 from ctxsae.eval.markdown import to_markdown
 from ctxsae.eval.probe import ProbeCodes, language_switch
 from ctxsae.metrics import Accumulator
@@ -96,14 +96,13 @@ def evaluate_run(cfg: EvalConfig, run: OpenRun | None = None, extra: Mapping[str
         run = open_run(cfg.run, cfg.device, cfg.downstream or cfg.probe.n_windows > 0)
     run_dir, sae_file, train_cfg, sae, dm, extractor = run
     evaluation = evaluate(sae, dm, cfg, extractor, train_cfg.data.n_ctx, extra)
-    n_evaluated = len(dm.val_idx) if cfg.held_out_windows <= 0 else min(cfg.held_out_windows, len(dm.val_idx))
     results = {
         "run": {
             "run_dir": str(run_dir.path), "sae_file": str(sae_file), "model": type(sae).__name__, "d_in": sae.d_in,
             "d_sae": sae.d_sae, "lm": OmegaConf.select(train_cfg, "lm.loader._target_") if extractor else None,
             "layer": train_cfg.lm.layer if extractor else None, "site": train_cfg.lm.site if extractor else None,
             "data": OmegaConf.select(train_cfg, "data.source._target_"), "val_windows": len(dm.val_idx),
-            "evaluated_windows": n_evaluated,
+            "evaluated_windows": len(held_out_indices(dm, cfg)),
         },
         **evaluation.results,
         "hparams": hparams_of(train_cfg, sae),
