@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ctxsae.cache.store import atomic_write_bytes
 from ctxsae.errors import UserError
+from ctxsae.extract.lm import resolve_device
 from ctxsae.models import load_sae
 from ctxsae.models.base import SAE
 
@@ -85,13 +86,6 @@ def resolve_run(run: str) -> tuple[RunDir, Path]:
     return run_dir, sae_file
 
 
-def device_of(name: str) -> torch.device:
-    """auto: cuda when available, else cpu; otherwise the named device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 class OpenRun(NamedTuple):
     run_dir: RunDir
     sae_file: Path
@@ -108,7 +102,7 @@ def open_run(run: str, device: str = "auto", with_lm: bool = True) -> OpenRun:
 
     run_dir, sae_file = resolve_run(run)
     train_cfg = run_dir.load_config()
-    torch_device = device_of(device)
+    torch_device = torch.device(resolve_device(device))
     try:
         sae = load_sae(sae_file)
     except RuntimeError as e:  # load_state_dict: the SAE's code changed since the run saved it
