@@ -1,11 +1,10 @@
 import csv
 import json
 
+import pytest
 from omegaconf import OmegaConf
 
-import pytest
-
-from ctxsae.report.__main__ import matched_l0, report
+from ctxsae.report.sweep import matched_l0, report
 
 
 def job(root, name, model="ctxsae.models.topk.TopKSAE", k=8, summary=None, failed=None, launched_only=False, data="a"):

@@ -1,0 +1,175 @@
+"""The map: where does context pay on real text? One section per cell of a sweep, written as Markdown.
+
+    python -m ctxsae.report.map outputs/sweeps/map_scan [--out docs] [--baseline TopKSAE]
+
+A *cell* is one place in activation space: the text (data source and window length) and the hook
+(LM layer and site). Within a cell the runs share everything but architecture and sparsity (``setting``
+in :mod:`ctxsae.report`), so each contextual run is read against the cell's TopK front at its held-out FVU:
+
+* ``l0_ratio``: its novel L0 over the front's L0 at that FVU (< 1: context saves codes);
+* ``l0_effective_ratio``: its effective L0 (what the decoder reads) over the same;
+* ``ce_delta``: its CE loss recovered minus the front's, linearly interpolated at the same FVU
+  (evaluated runs only).
+
+Beside them, the two bounds from ``python evaluate.py`` (``ctxsae.metrics.persistence``): the
+persistence oracle of each TopK run (``held_share``: the share of its codes a perfect
+hold-the-last-value scheme would still send, at 30% tolerance) and the dictionary-free region-variance
+share (variance explained by the causal running mean of the document, block or language run).
+
+Writes ``<out>/results.md`` and ``<out>/map/<cell>.png`` (L0 against FVU per architecture) and
+``<out>/map/held_share_by_layer.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+from collections import defaultdict
+from pathlib import Path
+
+from matplotlib.figure import Figure
+from omegaconf import OmegaConf
+
+from ctxsae.eval.markdown import flatten
+from ctxsae.report.plots import pareto_plot
+from ctxsae.report.sweep import job_dirs, markdown, matched_l0, row_of
+from ctxsae.train.run_dir import RunDir
+
+# map column -> flattened eval.json key (beside the sweep report's columns)
+BOUNDS = {
+    "already_active": "persistence/already_active",
+    "held_share": "persistence/held_share_0.3",
+    "fvu_held": "persistence/fvu_held_0.3",
+    "region_var_document": "region_bound/explained_document",
+    "region_var_block": "region_bound/explained_block",
+    "region_var_language": "region_bound/explained_language",
+    "onset_precision_code": "regions/kind/code/onset_precision",
+    "onset_recall_code": "regions/kind/code/onset_recall",
+    "switch_boundary_auroc": "language_switch/boundary_auroc_heldout",
+}
+
+RUN_COLUMNS = ("arm", "fvu", "l0", "l0_effective", "l0_ratio", "l0_effective_ratio", "ce_recovered", "ce_delta",
+               "flicker", "onset_precision_code", "switch_auroc", "already_active", "held_share", "fvu_held")
+CELL_COLUMNS = ("cell", "topk_fvu", "held_share", "region_var_document", "region_var_block", "best_arm", "l0_ratio",
+                "l0_effective_ratio", "ce_delta")
+
+
+def cell_of(job: Path) -> str:
+    """Text, window length and hook of a run, as a file-name-safe label: ``debian_reference-n512-L8``."""
+    cfg = RunDir(job).load_config()
+    data = str(OmegaConf.select(cfg, "data.source._target_", default="synthetic")).rsplit(".", 1)[-1]
+    data = {"DebianReferenceSource": "debian_reference", "FortunesSource": "fortunes"}.get(data, data)
+    site = OmegaConf.select(cfg, "lm.site", default="resid_post")
+    hook = f"L{OmegaConf.select(cfg, 'lm.layer', default='?')}" + ("" if site == "resid_post" else f"-{site}")
+    return f"{data}-n{OmegaConf.select(cfg, 'data.n_ctx', default='?')}-{hook}"
+
+
+def map_rows(sweep: Path, baseline: str) -> list[dict]:
+    """The sweep report's rows of the finished runs, with their cell, bounds and matched-FVU figures."""
+    rows = []
+    for job in job_dirs(sweep):
+        row = row_of(job, sweep)
+        if row["status"] != "finished":
+            continue
+        evaluated = RunDir(job).eval_json
+        flat = flatten(json.loads(evaluated.read_text())) if evaluated.exists() else {}
+        row |= {column: flat.get(key) for column, key in BOUNDS.items()}
+        row["cell"] = cell_of(job)
+        row["arm"] = f"{row['group']} k={row['k']}" if row["k"] is not None else row["group"]
+        rows.append(row)
+    matched = {m["run"]: m for m in matched_l0(rows, baseline)}
+    for row in rows:
+        m = matched.get(row["run"], {})
+        row["l0_ratio"], row["l0_effective_ratio"] = m.get("l0_ratio"), m.get("l0_effective_ratio")
+        base = [r for r in rows if r["model"] == baseline and r["setting"] == row["setting"]]
+        ce = _interpolate(base, row["fvu"], "ce_recovered")
+        row["ce_delta"] = row["ce_recovered"] - ce if row["model"] != baseline and None not in (ce, row["ce_recovered"]) else None
+    return rows
+
+
+def _interpolate(base: list[dict], fvu: float, key: str) -> float | None:
+    """``key`` of the baseline runs at ``fvu``, linear in FVU between the two neighbouring runs; None outside."""
+    points = sorted((r["fvu"], r[key]) for r in base if r.get(key) is not None)
+    for (f0, v0), (f1, v1) in itertools.pairwise(points):
+        if f0 <= fvu <= f1:
+            return v0 + (v1 - v0) * ((fvu - f0) / (f1 - f0) if f1 > f0 else 0.0)
+    return None
+
+
+def cell_summary(cell: str, rows: list[dict], baseline: str) -> dict:
+    """One line of the map: the baseline's middle run and its bounds, and the contextual run with the lowest ratio."""
+    base = sorted((r for r in rows if r["model"] == baseline), key=lambda r: r["l0"])
+    middle = base[len(base) // 2] if base else {}
+    others = [r for r in rows if r["model"] != baseline and r["l0_ratio"] is not None]
+    best = min(others, key=lambda r: r["l0_ratio"], default={})
+    return {"cell": cell, "topk_fvu": middle.get("fvu"), "held_share": middle.get("held_share"),
+            "region_var_document": middle.get("region_var_document"), "region_var_block": middle.get("region_var_block"),
+            "best_arm": best.get("arm"), "l0_ratio": best.get("l0_ratio"), "l0_effective_ratio": best.get("l0_effective_ratio"),
+            "ce_delta": best.get("ce_delta")}
+
+
+def held_share_plot(rows: list[dict], baseline: str, path: Path) -> Figure:
+    """The oracle's held share of each baseline run against its layer, one line per text and k."""
+    lines = defaultdict(list)
+    for r in rows:
+        if r["model"] == baseline and r["held_share"] is not None and r["layer"] is not None:
+            lines[f"{r['cell'].rsplit('-L', 1)[0]} k={r['k']}"].append((r["layer"], r["held_share"]))
+    fig = Figure(figsize=(6, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    for name, points in sorted(lines.items()):
+        ax.plot(*zip(*sorted(points)), marker="o", label=name)
+    ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("layer (resid_post)")
+    ax.set_ylabel("held L0 / TopK L0 (hold oracle, 30% tolerance)")
+    ax.grid(alpha=0.3)
+    if lines:
+        ax.legend(fontsize=8)
+    fig.savefig(path, dpi=120)
+    return fig
+
+
+def results_markdown(sweep: Path, rows: list[dict], baseline: str, figures: Path) -> str:
+    by_cell = defaultdict(list)
+    for r in rows:
+        by_cell[r["cell"]].append(r)
+    summary = [cell_summary(cell, cell_rows, baseline) for cell, cell_rows in sorted(by_cell.items())]
+    parts = [
+        "# The map: where does context pay on real text?\n",
+        (f"Generated by `python -m ctxsae.report.map {sweep}` from {len(rows)} finished runs (the commands that "
+        "trained and evaluated them head the sweep files `sweeps/map_scan_*.yaml`). Held-out windows only.\n"),
+        (f"Per cell: the {baseline} run in the middle of the front (its FVU, the hold oracle's held share and the "
+        "region-variance shares), and the contextual run with the lowest novel-L0 ratio at matched FVU.\n"),
+        markdown(summary, CELL_COLUMNS),
+        f"![held share by layer]({figures.name}/held_share_by_layer.png)\n",
+    ]
+    for cell, cell_rows in sorted(by_cell.items()):
+        pareto_plot(cell_rows, x="l0", y="fvu", group="group", path=figures / f"{cell}.png")
+        cell_rows = sorted(cell_rows, key=lambda r: (r["model"] != baseline, r["group"], r["l0"]))
+        parts += [f"## {cell}\n", markdown(cell_rows, RUN_COLUMNS), f"![{cell}]({figures.name}/{cell}.png)\n"]
+    return "\n".join(parts)
+
+
+def write_map(sweep: Path, out: Path, baseline: str = "TopKSAE") -> list[dict]:
+    figures = out / "map"
+    figures.mkdir(parents=True, exist_ok=True)
+    rows = map_rows(sweep, baseline)
+    held_share_plot(rows, baseline, figures / "held_share_by_layer.png")
+    (out / "results.md").write_text(results_markdown(sweep, rows, baseline, figures))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m ctxsae.report.map", description=__doc__.splitlines()[0])
+    parser.add_argument("sweep", type=Path, help="the sweep directory (e.g. outputs/sweeps/map_scan)")
+    parser.add_argument("--out", type=Path, default=Path("docs"), help="where results.md and map/ go (default: docs)")
+    parser.add_argument("--baseline", default="TopKSAE", help="the architecture the others are matched against")
+    args = parser.parse_args()
+    if not args.sweep.is_dir():
+        raise SystemExit(f"error: {args.sweep} is not a directory: pass the sweep's output directory (hydra.sweep.dir)")
+    rows = write_map(args.sweep, args.out, args.baseline)
+    print(f"{len(rows)} finished runs in {len({r['cell'] for r in rows})} cells; written to {args.out / 'results.md'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+import json
+
+import pytest
+from omegaconf import OmegaConf
+
+from ctxsae.report.map import map_rows, write_map
+
+TOPK, RECURRENT = "ctxsae.models.topk.TopKSAE", "ctxsae.models.recurrent.RecurrentSAE"
+BOOK = "ctxsae.data.debian_reference.DebianReferenceSource"
+
+
+def run(root, name, model, k, fvu, l0, l0_eff=None, layer=8, data=BOOK, evaluated=None):
+    d = root / name
+    d.mkdir(parents=True)
+    cfg = {"model": {"_target_": model, "k": k, "d_sae": 64}, "lm": {"layer": layer, "site": "resid_post"},
+           "data": {"source": {"_target_": data}, "n_ctx": 512}}
+    OmegaConf.save(OmegaConf.create(cfg), d / "config.yaml")
+    (d / "summary.json").write_text(json.dumps({"model": model.rsplit(".", 1)[-1], "fvu": fvu, "l0": l0,
+                                                "l0_effective": l0_eff or l0}))
+    if evaluated:
+        (d / "eval.json").write_text(json.dumps(evaluated))
+
+
+def oracle(held_share, ce, document=0.1):
+    return {"persistence": {"already_active": 0.2, "held_share_0.3": held_share, "fvu_held_0.3": 0.3},
+            "region_bound": {"explained_document": document}, "downstream": {"ce_recovered_zero": ce},
+            "regions": {"kind/code": {"onset_precision": 0.4}}}
+
+
+def test_each_cell_reads_its_contextual_runs_against_its_own_topk_front(tmp_path):
+    sweep = tmp_path / "sweep"
+    run(sweep, "t16", TOPK, 16, 0.3, 16.0, evaluated=oracle(0.9, 0.80))
+    run(sweep, "t32", TOPK, 32, 0.2, 32.0, evaluated=oracle(0.8, 0.90))
+    run(sweep, "t64", TOPK, 64, 0.1, 64.0, evaluated=oracle(0.7, 0.96))
+    run(sweep, "r16", RECURRENT, 16, 0.2, 16.0, l0_eff=40.0, evaluated={"downstream": {"ce_recovered_zero": 0.88}})
+    # Another layer: a front of its own, never mixed with layer 8's.
+    run(sweep, "t16_L24", TOPK, 16, 0.5, 16.0, layer=24, evaluated=oracle(1.2, 0.5, document=-0.02))
+    run(sweep, "t32_L24", TOPK, 32, 0.4, 32.0, layer=24)
+    run(sweep, "r16_L24", RECURRENT, 16, 0.45, 16.0, layer=24)
+
+    rows = {r["run"]: r for r in map_rows(sweep, "TopKSAE")}
+    assert rows["r16"]["cell"] == "debian_reference-n512-L8" and rows["r16_L24"]["cell"] == "debian_reference-n512-L24"
+    assert rows["r16"]["l0_ratio"] == pytest.approx(0.5) and rows["r16"]["l0_effective_ratio"] == pytest.approx(40 / 32)
+    assert rows["r16"]["ce_delta"] == pytest.approx(-0.02)  # 0.88 against TopK's 0.90 at the same FVU
+    assert rows["r16_L24"]["l0_ratio"] == pytest.approx(2 ** -0.5)  # 16 over the front at 16 * sqrt(2) (halfway in log L0)
+    assert rows["t32"]["held_share"] == 0.8 and rows["t32"]["onset_precision_code"] == 0.4
+
+    write_map(sweep, tmp_path / "docs")
+    md = (tmp_path / "docs" / "results.md").read_text()
+    summary = md.split("## ")[0]
+    assert "| debian_reference-n512-L8 | 0.2 | 0.8 | 0.1 |" in summary  # the middle TopK run's FVU and bounds
+    assert "RecurrentSAE k=16 | 0.5 |" in summary
+    for png in ("held_share_by_layer", "debian_reference-n512-L8", "debian_reference-n512-L24"):
+        assert (tmp_path / "docs" / "map" / f"{png}.png").stat().st_size > 1000
