@@ -48,14 +48,15 @@ def training_precision(precision: str, accelerator: str) -> str:
     return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
 
 
-def build_group(cfg: DictConfig, group: str, **kwargs):
-    """Instantiate the ``_target_`` node ``cfg[group]``; a wrong argument is a one-line error naming the group."""
+def build_group(cfg: DictConfig, key: str, **kwargs):
+    """Instantiate the ``_target_`` node at the dotted ``key`` (``logger``, ``callbacks.model_checkpoint``); a wrong
+    argument is a one-line error naming the key and its config group."""
     try:
-        return instantiate(cfg[group], **kwargs)
+        return instantiate(OmegaConf.select(cfg, key), **kwargs)
     except InstantiationException as e:
         if isinstance(e.__cause__, UserError):
             raise
-        raise UserError(f"{group}: {e.__cause__ or e} (see conf/{group}/ and the class's arguments)") from e
+        raise UserError(f"{key}: {e.__cause__ or e} (see conf/{key.split('.')[0]}/ and the class's arguments)") from e
 
 
 def build_trainer(cfg: DictConfig, run_dir: RunDir) -> tuple[L.Trainer, Throughput]:
@@ -63,7 +64,7 @@ def build_trainer(cfg: DictConfig, run_dir: RunDir) -> tuple[L.Trainer, Throughp
     callbacks = {}
     for name in cfg.callbacks:
         kwargs = {"dirpath": run_dir.checkpoints} if name == "model_checkpoint" else {}
-        callbacks[name] = build_group(cfg.callbacks, name, **kwargs)
+        callbacks[name] = build_group(cfg, f"callbacks.{name}", **kwargs)
     logger = build_group(cfg, "logger", save_dir=str(run_dir.path))
     precision = training_precision(cfg.trainer.get("precision", "32-true"), cfg.trainer.get("accelerator", "auto"))
     trainer = build_group(cfg, "trainer", default_root_dir=str(run_dir.path), logger=logger,
