@@ -1,19 +1,16 @@
 """train.py end to end in a subprocess, with the tiny random LM and a small local text file."""
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from ctxsae.models import load_sae
 from ctxsae.models.topk import TopKSAE
+from tests.processes import OFFLINE, ROOT, kill_when
 
-ROOT = Path(__file__).resolve().parents[1]
 TEXT = "\n".join(f"Line {i}: the quick brown fox jumps over the lazy dog. Der schnelle Fuchs {i}." for i in range(300))
 
 
@@ -26,10 +23,9 @@ def run(tmp_path: Path, *overrides: str, run_dir: str = "run", wait: bool = True
         f"cache.root={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / run_dir}",
         "trainer.enable_progress_bar=false", "max_tokens=8192", "trainer.val_check_interval=10", *overrides,
     ]
-    env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     if not wait:
-        return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        return subprocess.Popen(args, cwd=ROOT, env=OFFLINE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(args, cwd=ROOT, env=OFFLINE, capture_output=True, text=True, timeout=300)
 
 
 def test_train_writes_summary_tensorboard_events_and_sae(tmp_path):
@@ -53,13 +49,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     overrides = ("max_tokens=200000", "callbacks.model_checkpoint.every_n_train_steps=5")
     proc = run(tmp_path, *overrides, wait=False)
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 240
-    while not last.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.5)
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert last.exists(), proc.stdout.read()
+    kill_when(proc, last.exists)
     import torch
 
     step_at_kill = torch.load(last, weights_only=False)["global_step"]
