@@ -50,10 +50,12 @@ class _NoAdverts(logging.Filter):
 
 
 def quiet_third_party() -> None:
-    """Drop Lightning's product tips (litlogger, litmodels) and the deprecation warning its tree utilities
-    raise under the pinned torch: neither is about the run, and both print on every run."""
+    """Drop Lightning's product tips (litlogger, litmodels), the deprecation warning its tree utilities raise
+    under the pinned torch, and its warning that an epoch has fewer batches than the logging interval (runs
+    here count steps across epochs, so they do log): none is about the run."""
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts())
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the logging interval")
 
 
 def _format_warning(message, category, filename, lineno, line=None) -> str:

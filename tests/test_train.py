@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ctxsae.models import load_sae
 from ctxsae.models.topk import TopKSAE
@@ -37,8 +38,12 @@ def test_train_writes_summary_tensorboard_events_and_sae(tmp_path):
     assert "ctxsae run summary" in result.stdout and "held-out FVU" in result.stdout
     assert "Tip:" not in result.stdout + result.stderr and "LeafSpec" not in result.stderr  # third-party noise
     assert (summary["device"], summary["precision"]) == ("cpu", "32-true")  # precision=auto on a CPU
-    events = list((run_dir / "tb").rglob("events.out.tfevents.*"))
-    assert events and max(e.stat().st_size for e in events) > 1000
+    # TensorBoard's step is training tokens: 256 per step (8 windows of 32), logged every 10 steps from step 9
+    # (the model has then trained on 9 batches), validated at the end of the run's 8,192 tokens.
+    events = EventAccumulator(str(run_dir / "tb"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/fvu")] == [9 * 256, 19 * 256, 29 * 256]
+    assert events.Scalars("val/fvu")[-1].step == summary["train_tokens"] == 8192
     sae = load_sae(run_dir / "sae.safetensors")
     assert type(sae) is TopKSAE and (sae.d_in, sae.d_sae, sae.cfg.k) == (64, 128, 8)
     assert float(sae.act_scale) != 1.0  # the normalisation travels with the weights
@@ -53,10 +58,12 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     import torch
 
     step_at_kill = torch.load(last, weights_only=False)["global_step"]
-    result = run(tmp_path, "max_tokens=12000", "callbacks.model_checkpoint.every_n_train_steps=5")
+    result = run(tmp_path, "max_tokens=12000", "callbacks.model_checkpoint.every_n_train_steps=5", "trainer.enable_progress_bar=true")
     assert result.returncode == 0, result.stdout + result.stderr
     assert step_at_kill > 0
     assert "Restoring states from the checkpoint" in result.stdout + result.stderr
+    # The bar counts the run's tokens (47 steps of 256 for max_tokens=12000), not the batches of an epoch.
+    assert "12,032/12,032 tok" in result.stdout and "Epoch" not in result.stdout
 
 
 @pytest.mark.parametrize(
