@@ -259,14 +259,15 @@ def _shard_arrays(chunk: ActivationChunk, dtype: str, manifest: dict) -> dict[st
 
 def _damaged(folder: Path, manifest: dict, checksums: bool) -> dict[int, list[str]]:
     """The shards of a complete cache with a missing file (or, with ``checksums``, a sha256 mismatch): their
-    index -> the names of the bad files."""
+    index -> what is wrong with which files."""
     damaged = {}
     for index, shard in enumerate(manifest["shards"]):
-        paths = [folder / f"{shard['name']}.{key}.npy" for key in shard["sha256"]]  # labels only where the text has them
-        bad = [p.name for p, want in zip(paths, shard["sha256"].values())
-               if not p.exists() or (checksums and _sha256(p) != want)]
-        if bad:
-            damaged[index] = bad
+        for key, want in shard["sha256"].items():  # the arrays the shard was written with (labels only where the text has them)
+            path = folder / f"{shard['name']}.{key}.npy"
+            if not path.exists():
+                damaged.setdefault(index, []).append(f"{path.name} is missing")
+            elif checksums and _sha256(path) != want:
+                damaged.setdefault(index, []).append(f"{path.name} is corrupt (checksum mismatch)")
     return damaged
 
 
@@ -279,8 +280,8 @@ def _repair(source: JointSource, cfg: CacheConfig, folders: list[Path], manifest
         offsets = np.cumsum([0] + [s["n_windows"] for s in manifest["shards"]])
         for index, files in bad.items():
             lo, hi = int(offsets[index]), int(offsets[index + 1])
-            warnings.warn(f"activation cache {folder}: {', '.join(files)} missing or corrupt: "
-                          f"re-extracting its windows {lo}-{hi - 1} from the source", Notice)
+            warnings.warn(f"activation cache {folder}: {', '.join(files)}: re-extracting the shard's windows "
+                          f"{lo}-{hi - 1} from the source", Notice)
             wanted.setdefault((lo, hi - lo), []).append((part, index))
     for (start, n), targets in wanted.items():
         chunks = next(iter(source.joint_chunks(start, n)))  # the shard's own windows, in the batches first used

@@ -104,8 +104,8 @@ def test_corrupt_and_missing_shards_are_re_extracted_alone_with_a_warning_naming
         repaired = open_or_build(src, cfg, progress=False)
     messages = [str(w.message) for w in caught]
     assert len(messages) == 2
-    assert "shard_00001.x.npy missing or corrupt" in messages[0] and "windows 16-31" in messages[0]
-    assert "shard_00003.doc_start.npy missing or corrupt" in messages[1] and "windows 48-49" in messages[1]
+    assert "shard_00001.x.npy is corrupt (checksum mismatch)" in messages[0] and "windows 16-31" in messages[0]
+    assert "shard_00003.doc_start.npy is missing" in messages[1] and "windows 48-49" in messages[1]
     assert src.starts == [16, 48]  # each damaged shard's windows, nothing else
     got = shard_arrays(repaired.folder)
     assert got.keys() == original.keys()
@@ -118,7 +118,7 @@ def test_corrupt_and_missing_shards_are_re_extracted_alone_with_a_warning_naming
 def test_a_missing_shard_is_re_extracted_even_without_checksum_verification(cfg):
     cache = open_or_build(FakeSource(), cfg, progress=False)
     (cache.folder / "shard_00000.tokens.npy").unlink()
-    with pytest.warns(Notice, match="shard_00000.tokens.npy missing"):
+    with pytest.warns(Notice, match="shard_00000.tokens.npy is missing"):
         reopened = open_or_build(FakeSource(), cfg, progress=False, verify=False)
     np.testing.assert_array_equal(reopened.tokens, FakeSource().tokens.numpy())
 
@@ -181,7 +181,7 @@ def test_region_labels_are_stored_beside_the_tokens_and_reach_the_batches(cfg):
     assert torch.equal(batch.labels.kind_NT, src.labels.kind_NT[[7, 3]]) and batch.labels.kinds == BLOCK_KINDS
     # The labels are checksummed and repaired like the rest; unlabelled sources store none.
     flip_a_byte(cache.folder / "shard_00002.kind.npy")
-    with pytest.warns(Notice, match="shard_00002.kind.npy missing or corrupt"):
+    with pytest.warns(Notice, match="shard_00002.kind.npy is corrupt"):
         repaired = open_or_build(LabelledSource(), cfg, progress=False)
     assert torch.equal(repaired.labels.kind_NT, src.labels.kind_NT)
     plain = open_or_build(FakeSource(), cfg, progress=False)
