@@ -1,7 +1,6 @@
 """Fill the activation cache without training: glue between Hydra and ctxsae.cache.
 
     python extract.py [data=...] [lm=...] [lm.layer=...]     (the same overrides as train.py)
-    python extract.py lm.layers=[4,8,16,24]                 (one cache per layer from one LM pass)
     python extract.py lm.layers=[4,8,16,24]                  (one LM pass fills the caches of four layers)
 
 Run it once before a sweep so every job finds the cache ready (jobs that start while it runs

@@ -75,6 +75,8 @@ def test_trainer_callbacks_and_logger_are_built_from_their_groups(tmp_path):
     assert trainer.logger.log_dir.startswith(str(tmp_path))
     with pytest.raises(UserError, match="^trainer: .*gradient_clipval"):
         build_trainer(composed("+trainer.gradient_clipval=0.5"), run_dir)
+    with pytest.raises(UserError, match=r"^callbacks\.model_checkpoint: .*every_n_steps.*see conf/callbacks/"):
+        build_trainer(composed("+callbacks.model_checkpoint.every_n_steps=7"), run_dir)
 
 
 @pytest.mark.parametrize("sweep", options("sweep"))

@@ -1,19 +1,17 @@
 """train.py end to end in a subprocess, with the tiny random LM and a small local text file."""
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ctxsae.models import load_sae
 from ctxsae.models.topk import TopKSAE
+from tests.processes import OFFLINE, ROOT, kill_when
 
-ROOT = Path(__file__).resolve().parents[1]
 TEXT = "\n".join(f"Line {i}: the quick brown fox jumps over the lazy dog. Der schnelle Fuchs {i}." for i in range(300))
 
 
@@ -26,10 +24,9 @@ def run(tmp_path: Path, *overrides: str, run_dir: str = "run", wait: bool = True
         f"cache.root={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / run_dir}",
         "trainer.enable_progress_bar=false", "max_tokens=8192", "trainer.val_check_interval=10", *overrides,
     ]
-    env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     if not wait:
-        return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        return subprocess.Popen(args, cwd=ROOT, env=OFFLINE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(args, cwd=ROOT, env=OFFLINE, capture_output=True, text=True, timeout=300)
 
 
 def test_train_writes_summary_tensorboard_events_and_sae(tmp_path):
@@ -41,8 +38,12 @@ def test_train_writes_summary_tensorboard_events_and_sae(tmp_path):
     assert "ctxsae run summary" in result.stdout and "held-out FVU" in result.stdout
     assert "Tip:" not in result.stdout + result.stderr and "LeafSpec" not in result.stderr  # third-party noise
     assert (summary["device"], summary["precision"]) == ("cpu", "32-true")  # precision=auto on a CPU
-    events = list((run_dir / "tb").rglob("events.out.tfevents.*"))
-    assert events and max(e.stat().st_size for e in events) > 1000
+    # TensorBoard's step is training tokens: 256 per step (8 windows of 32), logged every 10 steps from step 9
+    # (the model has then trained on 9 batches), validated at the end of the run's 8,192 tokens.
+    events = EventAccumulator(str(run_dir / "tb"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/fvu")] == [9 * 256, 19 * 256, 29 * 256]
+    assert events.Scalars("val/fvu")[-1].step == summary["train_tokens"] == 8192
     sae = load_sae(run_dir / "sae.safetensors")
     assert type(sae) is TopKSAE and (sae.d_in, sae.d_sae, sae.cfg.k) == (64, 128, 8)
     assert float(sae.act_scale) != 1.0  # the normalisation travels with the weights
@@ -53,20 +54,16 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     overrides = ("max_tokens=200000", "callbacks.model_checkpoint.every_n_train_steps=5")
     proc = run(tmp_path, *overrides, wait=False)
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 240
-    while not last.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.5)
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert last.exists(), proc.stdout.read()
+    kill_when(proc, last.exists)
     import torch
 
     step_at_kill = torch.load(last, weights_only=False)["global_step"]
-    result = run(tmp_path, "max_tokens=12000", "callbacks.model_checkpoint.every_n_train_steps=5")
+    result = run(tmp_path, "max_tokens=12000", "callbacks.model_checkpoint.every_n_train_steps=5", "trainer.enable_progress_bar=true")
     assert result.returncode == 0, result.stdout + result.stderr
     assert step_at_kill > 0
     assert "Restoring states from the checkpoint" in result.stdout + result.stderr
+    # The bar counts the run's tokens (47 steps of 256 for max_tokens=12000), not the batches of an epoch.
+    assert "12,032/12,032 tok" in result.stdout and "Epoch" not in result.stdout
 
 
 @pytest.mark.parametrize(

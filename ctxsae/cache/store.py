@@ -13,9 +13,11 @@ Layout of one cache (its folder name is a hash of the source's fingerprint)::
 
 Every file is written to a temporary name and renamed into place, and the manifest is
 rewritten (atomically) after each shard, so a killed extraction loses at most the shard in
-flight and resumes after the last complete one. A fingerprint or checksum mismatch is an error
-that names the fix, never silent reuse. A file lock lets the jobs of a sweep share one cache:
-the first extracts, the others wait and reuse it.
+flight and resumes after the last complete one. A fingerprint mismatch is an error that names
+the fix, never silent reuse. A shard whose file is missing or whose checksum does not match is
+re-extracted by itself from the source (windows are deterministic), and an unreadable manifest
+starts the cache afresh, each with a warning naming what was damaged. A file lock lets the jobs
+of a sweep share one cache: the first extracts, the others wait and reuse it.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ import hashlib
 import json
 import os
 import time
+import warnings
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +38,7 @@ from filelock import FileLock
 
 from ctxsae.data.source import ActivationChunk, ActivationSource, JointSource
 from ctxsae.data.windows import TokenLabels
-from ctxsae.errors import UserError
+from ctxsae.errors import Notice, UserError
 from ctxsae.ranges import at_least
 
 FORMAT_VERSION = 1
@@ -47,7 +50,7 @@ class CacheConfig:
     root: str = "~/.cache/ctxsae/activations"  # one sub-folder per fingerprint
     dtype: str = "float16"  # storage dtype of activations (float16 halves disk and read bandwidth)
     shard_windows: int = field(default=256, metadata=at_least(1))  # windows per shard: the unit of atomic writes and resume
-    verify: bool = True  # check every shard's sha256 when opening (about 1 s per GB)
+    verify: bool = True  # check every shard's sha256 when opening (about 1 s per GB); a damaged shard is re-extracted
 
 
 def fingerprint_hash(fingerprint: dict) -> str:
@@ -137,25 +140,38 @@ def open_or_build_joint(source: JointSource, cfg: CacheConfig, progress: bool = 
     the incomplete ones in one pass (e.g. one LM forward for the hooks at several layers).
 
     A part's cache that is complete is left untouched; the pass starts at the earliest window any
-    incomplete part lacks, and each shard is written only to the parts that lack it.
+    incomplete part lacks, and each shard is written only to the parts that lack it. Damaged shards
+    (a missing file always; a checksum mismatch when ``verify``, default ``cfg.verify``) are
+    re-extracted.
     """
     folders, fingerprints = [], []
     for part in source.parts:
         fingerprints.append({"format": FORMAT_VERSION, "dtype": cfg.dtype, "source": part.fingerprint()})
         folders.append(Path(cfg.root).expanduser() / fingerprint_hash(fingerprints[-1]))
         folders[-1].mkdir(parents=True, exist_ok=True)
-    # A crashed holder's OS-level lock is released with its process, so the rest never deadlock;
-    # locks are taken in one global order (by folder) so two joint extractions never wait on each other.
-    with ExitStack() as locks:
-        for folder in sorted(set(folders)):
-            locks.enter_context(FileLock(str(folder / ".lock")))
+    checksums = cfg.verify if verify is None else verify
+    with _locked(folders):
         manifests = [_read_manifest(folder, fp) for folder, fp in zip(folders, fingerprints)]
         if not all(m["complete"] for m in manifests):
             manifests = _extract(source, cfg, folders, manifests, progress)
-    for folder, manifest in zip(folders, manifests):
-        if cfg.verify if verify is None else verify:
-            _verify(folder, manifest)
+    # Verified outside the lock (jobs of a sweep hash at once); a repair takes it and looks again,
+    # since another job may have repaired the same shards meanwhile.
+    if any(_damaged(folder, manifest, checksums) for folder, manifest in zip(folders, manifests)):
+        with _locked(folders):
+            manifests = [_read_manifest(folder, fp) for folder, fp in zip(folders, fingerprints)]
+            _repair(source, cfg, folders, manifests, [_damaged(f, m, checksums) for f, m in zip(folders, manifests)])
     return [ActivationCache(folder, manifest) for folder, manifest in zip(folders, manifests)]
+
+
+@contextmanager
+def _locked(folders: list[Path]) -> Iterator[None]:
+    """Hold the file locks of ``folders``. A crashed holder's OS-level lock is released with its process, so
+    the rest never deadlock; locks are taken in one global order (by folder) so two joint extractions never
+    wait on each other."""
+    with ExitStack() as locks:
+        for folder in sorted(set(folders)):
+            locks.enter_context(FileLock(str(folder / ".lock")))
+        yield
 
 
 def _read_manifest(folder: Path, fingerprint: dict) -> dict:
@@ -165,7 +181,8 @@ def _read_manifest(folder: Path, fingerprint: dict) -> dict:
     try:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise UserError(f"activation cache manifest {path} is corrupt ({e}): delete {folder} and rerun to re-extract") from e
+        warnings.warn(f"activation cache manifest {path} is corrupt ({e}): extracting the cache afresh", Notice)
+        return {"fingerprint": fingerprint, "shards": [], "complete": False}
     if manifest.get("fingerprint") != fingerprint:
         raise UserError(f"activation cache {folder} was built for different settings: delete {folder} and rerun to re-extract")
     return manifest
@@ -195,8 +212,9 @@ def _extract(source: JointSource, cfg: CacheConfig, folders: list[Path], manifes
         for chunks in source.joint_chunks(start, cfg.shard_windows):
             for i, (chunk, folder, manifest) in enumerate(zip(chunks, folders, manifests)):
                 if done[i] == position:  # this part lacks the shard (shards of all parts are aligned)
-                    _write_shard(chunk, cfg, folder, manifest, done[i] + len(chunk.x_NTD) >= total)
                     done[i] += len(chunk.x_NTD)
+                    manifest["complete"] = done[i] >= total
+                    _write_shard(chunk, cfg.dtype, folder, manifest, len(manifest["shards"]))
             position += len(chunks[0].x_NTD)
             rate = (position - start) * n_ctx / (time.perf_counter() - t0)
             bar.update(task, completed=position, tok_s=rate)
@@ -207,19 +225,19 @@ def _extract(source: JointSource, cfg: CacheConfig, folders: list[Path], manifes
     return manifests
 
 
-def _write_shard(chunk: ActivationChunk, cfg: CacheConfig, folder: Path, manifest: dict, complete: bool) -> None:
-    """The next shard of one cache, then its manifest: each file atomically, the manifest last."""
-    name = f"shard_{len(manifest['shards']):05d}"
-    arrays = _shard_arrays(chunk, cfg.dtype, manifest)
+def _write_shard(chunk: ActivationChunk, dtype: str, folder: Path, manifest: dict, index: int) -> None:
+    """Shard ``index`` of one cache (the next one, or a repaired one), then its manifest: each file
+    atomically, the manifest last."""
+    name = f"shard_{index:05d}"
+    arrays = _shard_arrays(chunk, dtype, manifest)
     if not np.isfinite(arrays["x"]).all():
-        raise UserError(f"non-finite activations in {name} (overflow in cache.dtype={cfg.dtype}?): use cache.dtype=float32")
+        raise UserError(f"non-finite activations in {name} (overflow in cache.dtype={dtype}?): use cache.dtype=float32")
     sums = {}
     for key, array in arrays.items():
         path = folder / f"{name}.{key}.npy"
         _atomic_save_npy(path, array)
         sums[key] = _sha256(path)
-    manifest["shards"].append({"name": name, "n_windows": len(chunk.x_NTD), "sha256": sums})
-    manifest["complete"] = complete
+    manifest["shards"][index : index + 1] = [{"name": name, "n_windows": len(chunk.x_NTD), "sha256": sums}]
     atomic_write_bytes(folder / "manifest.json", json.dumps(manifest, indent=1).encode())
 
 
@@ -239,12 +257,33 @@ def _shard_arrays(chunk: ActivationChunk, dtype: str, manifest: dict) -> dict[st
     return arrays
 
 
-def _verify(folder: Path, manifest: dict) -> None:
-    for shard in manifest["shards"]:
-        for key in shard["sha256"]:  # the arrays the shard was written with (labels only where the text has them)
+def _damaged(folder: Path, manifest: dict, checksums: bool) -> dict[int, list[str]]:
+    """The shards of a complete cache with a missing file (or, with ``checksums``, a sha256 mismatch): their
+    index -> what is wrong with which files."""
+    damaged = {}
+    for index, shard in enumerate(manifest["shards"]):
+        for key, want in shard["sha256"].items():  # the arrays the shard was written with (labels only where the text has them)
             path = folder / f"{shard['name']}.{key}.npy"
-            if not path.exists() or _sha256(path) != shard["sha256"][key]:
-                raise UserError(
-                    f"activation cache shard {path.name} is missing or corrupt (checksum mismatch): "
-                    f"delete {folder} and rerun to re-extract"
-                )
+            if not path.exists():
+                damaged.setdefault(index, []).append(f"{path.name} is missing")
+            elif checksums and _sha256(path) != want:
+                damaged.setdefault(index, []).append(f"{path.name} is corrupt (checksum mismatch)")
+    return damaged
+
+
+def _repair(source: JointSource, cfg: CacheConfig, folders: list[Path], manifests: list[dict],
+            damaged: list[dict[int, list[str]]]) -> None:
+    """Re-extract the ``damaged`` shards of each part's cache, each from its own windows of the source, and
+    rewrite them (and their checksums in the manifest). Parts whose shards cover the same windows share a pass."""
+    wanted: dict[tuple[int, int], list[tuple[int, int]]] = {}  # (first window, windows) -> (part, shard index)
+    for part, (folder, manifest, bad) in enumerate(zip(folders, manifests, damaged)):
+        offsets = np.cumsum([0] + [s["n_windows"] for s in manifest["shards"]])
+        for index, files in bad.items():
+            lo, hi = int(offsets[index]), int(offsets[index + 1])
+            warnings.warn(f"activation cache {folder}: {', '.join(files)}: re-extracting the shard's windows "
+                          f"{lo}-{hi - 1} from the source", Notice)
+            wanted.setdefault((lo, hi - lo), []).append((part, index))
+    for (start, n), targets in wanted.items():
+        chunks = next(iter(source.joint_chunks(start, n)))  # the shard's own windows, in the batches first used
+        for part, index in targets:
+            _write_shard(chunks[part], cfg.dtype, folders[part], manifests[part], index)

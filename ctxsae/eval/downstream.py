@@ -15,13 +15,15 @@ import torch
 
 from ctxsae.cache.store import atomic_write_bytes
 from ctxsae.eval.config import EvalConfig
+from ctxsae.eval.stages import UNSEEN, Stage
 from ctxsae.metrics.downstream import ABLATIONS, CONDITIONS, SPLICE_ONLY, Downstream
 from ctxsae.models.base import SAE
 
 
 @torch.no_grad()
-def downstream_figures(sae: SAE, dm, cfg: EvalConfig, extractor, mean_x_D: torch.Tensor) -> dict:
-    """CE recovered and KL on the evaluated held-out windows; ``mean_x_D``: their mean activation in the SAE's units."""
+def downstream_figures(sae: SAE, dm, cfg: EvalConfig, extractor, mean_x_D: torch.Tensor, stage: Stage = UNSEEN) -> dict:
+    """CE recovered and KL on the evaluated held-out windows; ``mean_x_D``: their mean activation in the SAE's units;
+    the windows counted on ``stage``."""
     device = next(sae.parameters()).device
     mean_raw_D = sae.denormalize(mean_x_D.to(device))
     baseline_file = ablation_file(dm, cfg, extractor, mean_raw_D)
@@ -30,7 +32,7 @@ def downstream_figures(sae: SAE, dm, cfg: EvalConfig, extractor, mean_x_D: torch
     except (FileNotFoundError, json.JSONDecodeError):  # not computed yet, or damaged: (re)compute it below
         baseline = None
     acc = Downstream(extractor.logits, sae, mean_raw_D, SPLICE_ONLY if baseline else CONDITIONS)
-    for batch in dm.held_out_batches(cfg.batch_windows, cfg.held_out_windows, device):
+    for batch in stage.track(dm.held_out_batches(cfg.batch_windows, cfg.held_out_windows, device)):
         acc.update(batch)
     if baseline is None:
         baseline_file.parent.mkdir(exist_ok=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from ctxsae.eval.config import EvalConfig
+from ctxsae.eval.stages import UNSEEN, Stage
 from ctxsae.metrics import Accumulator, accumulate, held_out_accumulators
 from ctxsae.metrics.persistence import PersistenceOracle, RegionMeanBound
 from ctxsae.metrics.regions import RegionOnsets
@@ -26,14 +27,15 @@ def evaluation_accumulators(sae: SAE, cfg: EvalConfig) -> dict[str, Accumulator]
 
 
 def held_out_pass(sae: SAE, dm, cfg: EvalConfig, extra: Mapping[str, Accumulator] = {},
-                  figures: bool = False) -> dict[str, Accumulator]:
+                  figures: bool = False, stage: Stage = UNSEEN) -> dict[str, Accumulator]:
     """The standard accumulators (and with ``figures`` the evaluation's ``REGION_FIGURES``) plus ``extra``, after
-    one pass over the first ``cfg.held_out_windows`` held-out windows of ``dm`` (in the SAE's units, on its device)."""
+    one pass over the first ``cfg.held_out_windows`` held-out windows of ``dm`` (in the SAE's units, on its device),
+    counted on ``stage``."""
     device = next(sae.parameters()).device
     standard = evaluation_accumulators(sae, cfg) if figures else held_out_accumulators(sae, cfg.metrics, device)
     accumulators = {**standard, **extra}
     batches = dm.held_out_batches(cfg.batch_windows, cfg.held_out_windows, device, dm.unit_of(sae))
-    accumulate(sae, batches, accumulators)
+    accumulate(sae, stage.track(batches), accumulators)
     return accumulators
 
 

@@ -11,6 +11,7 @@ from ctxsae.data.debian_reference import parallel_switch_texts
 from ctxsae.data.text import SwitchText, language_switch_windows, segment_switch_texts
 from ctxsae.errors import UserError
 from ctxsae.eval.config import EvalConfig, ProbeConfig
+from ctxsae.eval.stages import UNSEEN, Stage
 from ctxsae.metrics.language import SwitchWindows, switch_probe, switch_windows, with_controls
 from ctxsae.models.base import SAE, window_starts
 
@@ -22,7 +23,8 @@ class ProbeCodes(NamedTuple):
 
 
 @torch.no_grad()
-def probe_codes(sae: SAE, extractor, tokens_NT: torch.Tensor, batch_windows: int) -> tuple[torch.Tensor, torch.Tensor]:
+def probe_codes(sae: SAE, extractor, tokens_NT: torch.Tensor, batch_windows: int,
+                stage: Stage = UNSEEN) -> tuple[torch.Tensor, torch.Tensor]:
     device = next(sae.parameters()).device
     codes, effective = [], []
     for ids in tokens_NT.split(batch_windows):
@@ -30,6 +32,7 @@ def probe_codes(sae: SAE, extractor, tokens_NT: torch.Tensor, batch_windows: int
         out = sae(x, window_starts(*ids.shape, device=device))  # one document: the SAE sees language A before the switch
         codes.append(out.codes.cpu())
         effective.append(out.effective_codes.cpu())
+        stage.advance(len(ids))
     return torch.cat(codes), torch.cat(effective)
 
 
@@ -45,12 +48,14 @@ def probe_texts(p: ProbeConfig) -> tuple[list[SwitchText], str]:
     raise UserError(f"probe.source={p.source!r}: choose fortunes, debian_reference, or segments with probe.segments=<file.jsonl>")
 
 
-def language_switch(sae: SAE, cfg: EvalConfig, extractor, n_ctx: int) -> tuple[dict, ProbeCodes]:
-    """The probe's figures, and the windows and codes behind them (for heatmaps and the browser)."""
+def language_switch(sae: SAE, cfg: EvalConfig, extractor, n_ctx: int, stage: Stage = UNSEEN) -> tuple[dict, ProbeCodes]:
+    """The probe's figures, and the windows and codes behind them (for heatmaps and the browser); its windows
+    counted on ``stage``."""
     texts, joiner = probe_texts(cfg.probe)
     sw = switch_windows(with_controls(texts, joiner), extractor.loaded.tokenizer, n_ctx)
     n_switch = int((~sw.control_N).sum())
     if n_switch < 4 or n_switch == len(sw.control_N):
         raise UserError(f"language-switch probe: only {n_switch} usable switch window(s): raise probe.n_windows or data.n_ctx")
-    codes, effective = probe_codes(sae, extractor, sw.tokens_NT, cfg.batch_windows)
+    stage.expect(len(sw.tokens_NT))  # switch and control windows: known once the texts are tokenised
+    codes, effective = probe_codes(sae, extractor, sw.tokens_NT, cfg.batch_windows, stage)
     return switch_probe(codes, effective, sw), ProbeCodes(sw, codes, effective)

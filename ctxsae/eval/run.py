@@ -21,6 +21,7 @@ from ctxsae.eval.ground_truth import ground_truth_figures
 from ctxsae.eval.held_out import REGION_FIGURES, held_out_indices, held_out_pass
 from ctxsae.eval.markdown import to_markdown
 from ctxsae.eval.probe import ProbeCodes, language_switch
+from ctxsae.eval.stages import Stages
 from ctxsae.metrics import Accumulator
 from ctxsae.models.base import SAE
 from ctxsae.train.run_dir import OpenRun, open_run
@@ -34,18 +35,19 @@ class Evaluation(NamedTuple):
 
 
 def evaluate(sae: SAE, dm, cfg: EvalConfig, extractor=None, n_ctx: int | None = None,
-             extra: Mapping[str, Accumulator] = {}) -> Evaluation:
+             extra: Mapping[str, Accumulator] = {}, stages: Stages | None = None) -> Evaluation:
     """Every figure for one SAE. ``extractor``: the LM at the hook (``LMActivations.extractor``), None without an LM;
-    ``extra``: more accumulators fed by the same held-out pass (their figures are not part of the results)."""
+    ``extra``: more accumulators fed by the same held-out pass (their figures are not part of the results);
+    ``stages``: where the stages are shown and timed (default: a new, shown ``Stages``)."""
+    stages = stages or Stages()
     dm.setup("validate")
-    seconds = {}
-    t0 = time.perf_counter()
-    accumulators = held_out_pass(sae, dm, cfg, extra, figures=True)
-    results = {name: accumulators[name].compute() for name in ("reconstruction", "sparsity", "temporal")}
-    results["context"] = accumulators["context"].compute() if "context" in accumulators else None
-    results["synthetic"] = ground_truth_figures(sae, dm, cfg)
-    results |= {name: accumulators[name].compute() if name in accumulators else None for name in REGION_FIGURES}
-    seconds["held_out"] = time.perf_counter() - t0
+    n_windows = len(held_out_indices(dm, cfg))
+    with stages.stage("held_out", "held-out pass", n_windows) as stage:
+        accumulators = held_out_pass(sae, dm, cfg, extra, figures=True, stage=stage)
+        results = {name: accumulators[name].compute() for name in ("reconstruction", "sparsity", "temporal")}
+        results["context"] = accumulators["context"].compute() if "context" in accumulators else None
+        results["synthetic"] = ground_truth_figures(sae, dm, cfg)
+        results |= {name: accumulators[name].compute() if name in accumulators else None for name in REGION_FIGURES}
     results |= {"downstream": None, "language_switch": None, "skipped": {}}
     if results["context"] is None:
         results["skipped"]["context"] = f"{type(sae).__name__} has no context pathway (no context_stats)"
@@ -60,21 +62,20 @@ def evaluate(sae: SAE, dm, cfg: EvalConfig, extractor=None, n_ctx: int | None = 
     elif not cfg.downstream:
         results["skipped"]["downstream"] = "downstream=false"
     if extractor is not None and cfg.downstream:
-        t0 = time.perf_counter()
-        mean_x_D = accumulators["reconstruction"].mean_x_D.cpu()
-        results["downstream"] = downstream_figures(sae, dm, cfg, extractor, mean_x_D)
-        seconds["downstream"] = time.perf_counter() - t0
+        with stages.stage("downstream", "LM passes (CE, KL)", n_windows) as stage:
+            mean_x_D = accumulators["reconstruction"].mean_x_D.cpu()
+            results["downstream"] = downstream_figures(sae, dm, cfg, extractor, mean_x_D, stage)
     probe = None
     if extractor is not None and cfg.probe.n_windows > 0:
-        t0 = time.perf_counter()
-        try:
-            results["language_switch"], probe = language_switch(sae, cfg, extractor, n_ctx or dm.cache.n_ctx)
-        except UserError as e:  # no fortunes here: the rest of the evaluation still stands
-            results["skipped"]["language_switch"] = str(e)
-        seconds["language_switch"] = time.perf_counter() - t0
+        with stages.stage("language_switch", "language-switch probe", 0) as stage:
+            try:
+                results["language_switch"], probe = language_switch(sae, cfg, extractor, n_ctx or dm.cache.n_ctx, stage)
+            except UserError as e:  # no fortunes here: the rest of the evaluation still stands
+                results["skipped"]["language_switch"] = str(e)
     tokenizer = extractor.loaded.tokenizer if extractor is not None else None
-    figures = heatmaps(sae, dm, cfg, tokenizer, probe, results)
-    results["seconds"] = seconds
+    with stages.stage("heatmaps", "heatmaps"):
+        figures = heatmaps(sae, dm, cfg, tokenizer, probe, results)
+    results["seconds"] = stages.seconds
     return Evaluation(results, figures, accumulators, probe)
 
 
@@ -95,7 +96,8 @@ def evaluate_run(cfg: EvalConfig, run: OpenRun | None = None, extra: Mapping[str
     if run is None:
         run = open_run(cfg.run, cfg.device, cfg.downstream or cfg.probe.n_windows > 0)
     run_dir, sae_file, train_cfg, sae, dm, extractor = run
-    evaluation = evaluate(sae, dm, cfg, extractor, train_cfg.data.n_ctx, extra)
+    stages = Stages()
+    evaluation = evaluate(sae, dm, cfg, extractor, train_cfg.data.n_ctx, extra, stages)
     results = {
         "run": {
             "run_dir": str(run_dir.path), "sae_file": str(sae_file), "model": type(sae).__name__, "d_in": sae.d_in,
@@ -108,15 +110,16 @@ def evaluate_run(cfg: EvalConfig, run: OpenRun | None = None, extra: Mapping[str
         "hparams": hparams_of(train_cfg, sae),
         "figures": [],
     }
-    for name, fig in evaluation.figures.items():
-        path = run_dir.figure(name)
-        quiet(fig.savefig, path, dpi=110)
-        results["figures"].append(str(path))
+    with stages.stage("figures", "figures, TensorBoard" if cfg.tensorboard else "figures"):
+        for name, fig in evaluation.figures.items():
+            path = run_dir.figure(name)
+            quiet(fig.savefig, path, dpi=110)
+            results["figures"].append(str(path))
+        if cfg.tensorboard:
+            log_tensorboard(run_dir, results, evaluation.figures, evaluation.accumulators["sparsity"].log10_frequency)
     results["seconds"]["total"] = time.perf_counter() - t_start
     run_dir.write(run_dir.eval_json, json.dumps(_finite(results), indent=1, default=_json_default, allow_nan=False))
     run_dir.write(run_dir.eval_md, to_markdown(results))
-    if cfg.tensorboard:
-        log_tensorboard(run_dir, results, evaluation.figures, evaluation.accumulators["sparsity"].log10_frequency)
     return evaluation._replace(results=results)
 
 

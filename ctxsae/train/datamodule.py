@@ -117,6 +117,11 @@ class ActivationDataModule(L.LightningDataModule):
     def d_in(self) -> int:
         return self.cache.d_in
 
+    def tokens_per_step(self, world_size: int) -> int:
+        """Training tokens one optimiser step consumes: a batch of whole windows on each of ``world_size`` processes
+        (the excluded first positions included, as ``max_tokens`` counts them)."""
+        return self.cfg.batch_windows * self.cfg.n_ctx * world_size
+
     def _normalisation_scale(self, sample_windows: int = 512) -> float:
         """Scale so that E|x|^2 = d_in over kept training positions (Gao et al.; SAELens' 'expected_average_only_in')."""
         picks = np.linspace(0, len(self.train_idx) - 1, min(sample_windows, len(self.train_idx))).astype(int)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ProgressBar
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -24,6 +25,7 @@ from ctxsae.metrics import MetricsConfig, accumulate, held_out_accumulators
 from ctxsae.models import build_sae
 from ctxsae.train.callbacks import Throughput
 from ctxsae.train.datamodule import ActivationDataModule, activation_source
+from ctxsae.train.loggers import TokenSteps
 from ctxsae.train.module import SAEModule
 from ctxsae.train.run_dir import RunDir
 
@@ -48,14 +50,15 @@ def training_precision(precision: str, accelerator: str) -> str:
     return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
 
 
-def build_group(cfg: DictConfig, group: str, **kwargs):
-    """Instantiate the ``_target_`` node ``cfg[group]``; a wrong argument is a one-line error naming the group."""
+def build_group(cfg: DictConfig, key: str, **kwargs):
+    """Instantiate the ``_target_`` node at the dotted ``key`` (``logger``, ``callbacks.model_checkpoint``); a wrong
+    argument is a one-line error naming the key and its config group."""
     try:
-        return instantiate(cfg[group], **kwargs)
+        return instantiate(OmegaConf.select(cfg, key), **kwargs)
     except InstantiationException as e:
         if isinstance(e.__cause__, UserError):
             raise
-        raise UserError(f"{group}: {e.__cause__ or e} (see conf/{group}/ and the class's arguments)") from e
+        raise UserError(f"{key}: {e.__cause__ or e} (see conf/{key.split('.')[0]}/ and the class's arguments)") from e
 
 
 def build_trainer(cfg: DictConfig, run_dir: RunDir) -> tuple[L.Trainer, Throughput]:
@@ -63,7 +66,10 @@ def build_trainer(cfg: DictConfig, run_dir: RunDir) -> tuple[L.Trainer, Throughp
     callbacks = {}
     for name in cfg.callbacks:
         kwargs = {"dirpath": run_dir.checkpoints} if name == "model_checkpoint" else {}
-        callbacks[name] = build_group(cfg.callbacks, name, **kwargs)
+        callback = build_group(cfg, f"callbacks.{name}", **kwargs)
+        if isinstance(callback, ProgressBar) and not cfg.trainer.get("enable_progress_bar", True):
+            continue  # trainer.enable_progress_bar=false turns it off (Lightning refuses the pair)
+        callbacks[name] = callback
     logger = build_group(cfg, "logger", save_dir=str(run_dir.path))
     precision = training_precision(cfg.trainer.get("precision", "32-true"), cfg.trainer.get("accelerator", "auto"))
     trainer = build_group(cfg, "trainer", default_root_dir=str(run_dir.path), logger=logger,
@@ -96,8 +102,11 @@ def train(cfg: DictConfig, run_dir: Path | RunDir) -> dict | None:
     module = SAEModule(sae, instantiate(cfg.loss), instantiate(cfg.optim))
 
     # Each optimizer step consumes one batch per DDP process: the token budget sets the step count.
-    batch_tokens = cfg.data.batch_windows * cfg.data.n_ctx * trainer.world_size
+    batch_tokens = dm.tokens_per_step(trainer.world_size)
     trainer.fit_loop.epoch_loop.max_steps = math.ceil(cfg.max_tokens / batch_tokens)
+    for logger in trainer.loggers:
+        if isinstance(logger, TokenSteps):  # their x-axis: training tokens
+            logger.tokens_per_step = batch_tokens
     run_dir.write(run_dir.config, OmegaConf.to_yaml(cfg))
     trainer.fit(module, datamodule=dm, ckpt_path=resume_path(cfg, run_dir))
     trainer.validate(module, datamodule=dm, verbose=False)  # the last point of the validation curves

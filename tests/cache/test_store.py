@@ -10,7 +10,7 @@ from ctxsae.data.source import ActivationChunk
 from ctxsae.cache.store import CacheConfig, open_or_build
 from ctxsae.data.debian_reference import BLOCK_KINDS
 from ctxsae.data.windows import TokenLabels
-from ctxsae.errors import UserError
+from ctxsae.errors import Notice, UserError
 
 
 class FakeSource:
@@ -89,11 +89,51 @@ def flip_a_byte(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-def test_corrupt_shard_is_an_error_that_names_the_fix(cfg):
+def shard_arrays(folder: Path) -> dict[str, np.ndarray]:
+    return {p.name: np.load(p) for p in sorted(folder.glob("shard_*.npy"))}
+
+
+def test_corrupt_and_missing_shards_are_re_extracted_alone_with_a_warning_naming_them(cfg):
     cache = open_or_build(FakeSource(), cfg, progress=False)
+    original, manifest = shard_arrays(cache.folder), (cache.folder / "manifest.json").read_text()
     flip_a_byte(cache.folder / "shard_00001.x.npy")
-    with pytest.raises(UserError, match="shard_00001.x.npy is missing or corrupt.*delete"):
-        open_or_build(FakeSource(), cfg, progress=False)
+    (cache.folder / "shard_00003.doc_start.npy").unlink()
+
+    src = FakeSource()
+    with pytest.warns(Notice) as caught:
+        repaired = open_or_build(src, cfg, progress=False)
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 2
+    assert "shard_00001.x.npy is corrupt (checksum mismatch)" in messages[0] and "windows 16-31" in messages[0]
+    assert "shard_00003.doc_start.npy is missing" in messages[1] and "windows 48-49" in messages[1]
+    assert src.starts == [16, 48]  # each damaged shard's windows, nothing else
+    got = shard_arrays(repaired.folder)
+    assert got.keys() == original.keys()
+    for name, array in original.items():
+        np.testing.assert_array_equal(got[name], array, err_msg=name)
+    assert (repaired.folder / "manifest.json").read_text() == manifest  # the same checksums: bit for bit
+    np.testing.assert_array_equal(repaired.read_x(np.arange(50)), src.x.numpy())
+
+
+def test_a_missing_shard_is_re_extracted_even_without_checksum_verification(cfg):
+    cache = open_or_build(FakeSource(), cfg, progress=False)
+    (cache.folder / "shard_00000.tokens.npy").unlink()
+    with pytest.warns(Notice, match="shard_00000.tokens.npy is missing"):
+        reopened = open_or_build(FakeSource(), cfg, progress=False, verify=False)
+    np.testing.assert_array_equal(reopened.tokens, FakeSource().tokens.numpy())
+
+
+def test_corrupt_manifest_is_rebuilt_from_scratch_with_a_warning(cfg):
+    cache = open_or_build(FakeSource(), cfg, progress=False)
+    original = shard_arrays(cache.folder)
+    (cache.folder / "manifest.json").write_text('{"fingerprint": {"form')
+    src = FakeSource()
+    with pytest.warns(Notice, match="manifest .*manifest.json is corrupt"):
+        rebuilt = open_or_build(src, cfg, progress=False)
+    assert src.starts == [0]
+    got = shard_arrays(rebuilt.folder)
+    for name, array in original.items():
+        np.testing.assert_array_equal(got[name], array, err_msg=name)
 
 
 def test_manifest_for_other_settings_is_never_reused(cfg):
@@ -139,10 +179,11 @@ def test_region_labels_are_stored_beside_the_tokens_and_reach_the_batches(cfg):
         assert torch.equal(got, want) if isinstance(want, torch.Tensor) else got == want
     batch = CachedWindows(cache, np.arange(50), 1.0, 1).__getitems__([7, 3])
     assert torch.equal(batch.labels.kind_NT, src.labels.kind_NT[[7, 3]]) and batch.labels.kinds == BLOCK_KINDS
-    # The labels are checksummed like the rest; unlabelled sources store none.
+    # The labels are checksummed and repaired like the rest; unlabelled sources store none.
     flip_a_byte(cache.folder / "shard_00002.kind.npy")
-    with pytest.raises(UserError, match="shard_00002.kind.npy is missing or corrupt"):
-        open_or_build(LabelledSource(), cfg, progress=False)
+    with pytest.warns(Notice, match="shard_00002.kind.npy is corrupt"):
+        repaired = open_or_build(LabelledSource(), cfg, progress=False)
+    assert torch.equal(repaired.labels.kind_NT, src.labels.kind_NT)
     plain = open_or_build(FakeSource(), cfg, progress=False)
     assert plain.labels is None and not list(plain.folder.glob("*.kind.npy"))
     assert CachedWindows(plain, np.arange(50), 1.0, 1).__getitems__([0]).labels is None

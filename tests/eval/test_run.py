@@ -79,6 +79,12 @@ def test_evaluate_writes_json_markdown_figures(evaluated):
     md = (run_dir / "eval.md").read_text()
     assert "| FVU |" in md and "## downstream" in md and "ce_recovered_zero" in md and "## language switch" in md
     assert "| FVU |" in stdout and "eval.md" in stdout
+    # Each stage leaves one line with its count (the held-out and LM passes read every evaluated window).
+    n = r["run"]["evaluated_windows"]
+    stages = [line.split("━")[0].strip() for line in stdout.splitlines() if "━" in line]
+    assert stages == ["held-out pass", "LM passes (CE, KL)", "language-switch probe", "heatmaps", "figures, TensorBoard"]
+    assert stdout.count(f"{n}/{n} windows") == 2 and "24/24 windows" in stdout  # 12 switch windows and 12 controls
+    assert set(r["seconds"]) == {"held_out", "downstream", "language_switch", "heatmaps", "figures", "total"}
 
 
 def test_the_training_summary_reports_the_evaluations_figures(evaluated):

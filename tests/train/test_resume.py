@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import signal
-import time
-
 import torch
 from safetensors.torch import load_file
 
+from tests.processes import kill_when
 from tests.test_train import run
 
 # 15 batches per epoch of 8 windows: the run crosses epochs, and a checkpoint falls mid-epoch.
@@ -20,11 +18,7 @@ def test_killed_run_resumed_gives_the_weights_of_an_uninterrupted_run_bitwise(tm
 
     proc = run(tmp_path, *LONG, run_dir="killed", wait=False)
     ckpts = tmp_path / "killed" / "checkpoints"
-    deadline = time.time() + 240
-    while not (ckpts / "last.ckpt").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when(proc, (ckpts / "last.ckpt").exists)
     step = torch.load(ckpts / "last.ckpt", weights_only=False)["global_step"]
     assert 0 < step < 80 and step % 15 != 0, f"killed at step {step}: not mid-epoch and mid-run"
 
