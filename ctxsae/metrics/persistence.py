@@ -12,7 +12,12 @@ hold scheme would transmit). Over the kept positions of the evaluation windows:
   one that is not kept). ``l0_held_<tol>`` = latents sent per position, and ``held_share_<tol>``
   = that over the SAE's own L0: the share of codes a hold-based contextual SAE with this
   dictionary would still have to pay for; ``fvu_held_<tol>`` = FVU of the SAE's decoder applied
-  to the held values (what the receiver reconstructs).
+  to the held values (what the receiver reconstructs);
+* the same with stops free (a scheme whose held values end by themselves, as the recurrent SAE's
+  decay and drop rule do, at best exactly when the code stops): ``l0_changed_<tol>`` = codes active
+  at t that are new or changed by more than ``tolerance`` of the held value, ``changed_share_<tol>``
+  = that over the SAE's L0 (at most 1, and at least 1 - ``already_active``). Its reconstruction
+  is the hold scheme's (``fvu_held_<tol>``): a stop ends the held value either way.
 
 **Region-mean bound** (:class:`RegionMeanBound`, any activations, no dictionary): the share of
 activation variance explained by the causal running mean of the current region, i.e. predicting
@@ -61,6 +66,7 @@ class _Counts:
     def __init__(self, tolerances: Sequence[float], d_in: int):
         self.positions = self.active = self.already = 0
         self.sent = dict.fromkeys(tolerances, 0)
+        self.changed = dict.fromkeys(tolerances, 0)
         self.held = {tol: Reconstruction(d_in, sync_on_compute=False) for tol in tolerances}
 
     def compute(self) -> dict:
@@ -70,6 +76,9 @@ class _Counts:
             out[f"l0_held_{tol:g}"] = sent / max(self.positions, 1)
             out[f"held_share_{tol:g}"] = sent / max(self.active, 1)
             out[f"fvu_held_{tol:g}"] = self.held[tol].compute()["fvu"]
+        for tol, changed in self.changed.items():
+            out[f"l0_changed_{tol:g}"] = changed / max(self.positions, 1)
+            out[f"changed_share_{tol:g}"] = changed / max(self.active, 1)
         return out
 
 
@@ -105,6 +114,7 @@ class PersistenceOracle:
             counts.already += int((active & before & where[..., None]).sum())
             for tol, (held_BTF, sent_BTF) in held.items():
                 counts.sent[tol] += int((sent_BTF & where[..., None]).sum())
+                counts.changed[tol] += int((sent_BTF & active & where[..., None]).sum())
                 counts.held[tol].update(batch._replace(mask_BT=where), held_out[tol])
 
     def compute(self) -> dict | None:

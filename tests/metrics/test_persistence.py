@@ -41,6 +41,10 @@ def test_persistence_oracle_exact_counts_and_held_fvu():
     assert r["positions"] == 5 and r["l0"] == 6 / 5 and r["already_active"] == 4 / 6
     assert r["l0_held_0.1"] == 5 / 5 and r["held_share_0.1"] == 5 / 6
     assert r["l0_held_0.3"] == 4 / 5 and r["held_share_0.3"] == 4 / 6
+    # Stops free: only new or changed active codes count (t = 0 and 2 for latent 0 at 10%, t = 1 for latent 1).
+    assert r["l0_changed_0.1"] == 3 / 5 and r["changed_share_0.1"] == 3 / 6
+    assert r["l0_changed_0.3"] == 2 / 5 and r["changed_share_0.3"] == 2 / 6
+    assert r["changed_share_0.3"] >= 1 - r["already_active"] - 1e-12  # only codes already active can be held
     variance = (CODES - CODES.mean(0)).pow(2).sum().item()
     assert r["fvu_held_0.1"] == pytest.approx(0.05**2 / variance, rel=1e-5)  # float32 codes  # only t = 1 is off: 1 held for 1.05
     assert r["fvu_held_0.3"] == pytest.approx((0.05**2 + 0.2**2) / variance, rel=1e-5)
