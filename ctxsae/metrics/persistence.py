@@ -45,7 +45,6 @@ from ctxsae.metrics.temporal import continuation_mask
 from ctxsae.models.base import SAEOutput
 
 
-
 def held_codes(codes_BTF: Tensor, cont_BT: Tensor, tolerance: float) -> tuple[Tensor, Tensor]:
     """The held values [B, T, F] a perfect hold scheme reconstructs from, and where it sends [B, T, F].
 

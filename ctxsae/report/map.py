@@ -12,8 +12,9 @@ in :mod:`ctxsae.report`), so each contextual run is read against the cell's TopK
   (evaluated runs only).
 
 Beside them, the two bounds from ``python evaluate.py`` (``ctxsae.metrics.persistence``): the
-persistence oracle of each TopK run (``held_share``: the share of its codes a perfect
-hold-the-last-value scheme would still send, at 30% tolerance) and the dictionary-free region-variance
+persistence oracle of each TopK run (at 30% tolerance: ``changed_share``, the share of its codes
+that are new or changed, what a perfect hold scheme whose held values end for free would still
+send; ``held_share``, the same when every stop is sent too) and the dictionary-free region-variance
 share (variance explained by the causal running mean of the document, block or language run).
 
 Writes ``<out>/results.md`` and ``<out>/map/<cell>.png`` (L0 against FVU per architecture) and
@@ -40,6 +41,7 @@ from ctxsae.train.run_dir import RunDir
 BOUNDS = {
     "already_active": "persistence/already_active",
     "held_share": "persistence/held_share_0.3",
+    "changed_share": "persistence/changed_share_0.3",
     "fvu_held": "persistence/fvu_held_0.3",
     "region_var_document": "region_bound/explained_document",
     "region_var_block": "region_bound/explained_block",
@@ -50,8 +52,8 @@ BOUNDS = {
 }
 
 RUN_COLUMNS = ("arm", "fvu", "l0", "l0_effective", "l0_ratio", "l0_effective_ratio", "ce_recovered", "ce_delta",
-               "flicker", "onset_precision_code", "switch_auroc", "already_active", "held_share", "fvu_held")
-CELL_COLUMNS = ("cell", "topk_fvu", "held_share", "region_var_document", "region_var_block", "best_arm", "l0_ratio",
+               "flicker", "onset_precision_code", "switch_auroc", "already_active", "changed_share", "held_share", "fvu_held")
+CELL_COLUMNS = ("cell", "topk_fvu", "changed_share", "held_share", "region_var_document", "region_var_block", "best_arm", "l0_ratio",
                 "l0_effective_ratio", "ce_delta")
 
 
@@ -103,7 +105,8 @@ def cell_summary(cell: str, rows: list[dict], baseline: str) -> dict:
     middle = base[len(base) // 2] if base else {}
     others = [r for r in rows if r["model"] != baseline and r["l0_ratio"] is not None]
     best = min(others, key=lambda r: r["l0_ratio"], default={})
-    return {"cell": cell, "topk_fvu": middle.get("fvu"), "held_share": middle.get("held_share"),
+    return {"cell": cell, "topk_fvu": middle.get("fvu"), "changed_share": middle.get("changed_share"),
+            "held_share": middle.get("held_share"),
             "region_var_document": middle.get("region_var_document"), "region_var_block": middle.get("region_var_block"),
             "best_arm": best.get("arm"), "l0_ratio": best.get("l0_ratio"), "l0_effective_ratio": best.get("l0_effective_ratio"),
             "ce_delta": best.get("ce_delta")}

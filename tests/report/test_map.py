@@ -22,7 +22,7 @@ def run(root, name, model, k, fvu, l0, l0_eff=None, layer=8, data=BOOK, evaluate
 
 
 def oracle(held_share, ce, document=0.1):
-    return {"persistence": {"already_active": 0.2, "held_share_0.3": held_share, "fvu_held_0.3": 0.3},
+    return {"persistence": {"already_active": 0.2, "changed_share_0.3": 0.85, "held_share_0.3": held_share, "fvu_held_0.3": 0.3},
             "region_bound": {"explained_document": document}, "downstream": {"ce_recovered_zero": ce},
             "regions": {"kind/code": {"onset_precision": 0.4}}}
 
@@ -48,7 +48,7 @@ def test_each_cell_reads_its_contextual_runs_against_its_own_topk_front(tmp_path
     write_map(sweep, tmp_path / "docs")
     md = (tmp_path / "docs" / "results.md").read_text()
     summary = md.split("## ")[0]
-    assert "| debian_reference-n512-L8 | 0.2 | 0.8 | 0.1 |" in summary  # the middle TopK run's FVU and bounds
+    assert "| debian_reference-n512-L8 | 0.2 | 0.85 | 0.8 | 0.1 |" in summary  # the middle TopK run's FVU and bounds
     assert "RecurrentSAE k=16 | 0.5 |" in summary
     for png in ("held_share_by_layer", "debian_reference-n512-L8", "debian_reference-n512-L24"):
         assert (tmp_path / "docs" / "map" / f"{png}.png").stat().st_size > 1000
