@@ -47,6 +47,7 @@ from ctxsae.cache.dataset import Windows
 from ctxsae.models import build_sae
 from ctxsae.models.base import SAE, window_starts
 from ctxsae.models.topk import TopKConfig, TopKSAE
+from ctxsae.train.module import adam
 from ctxsae.train.objective import LossConfig, compute_loss
 
 CONTEXTUAL = {
@@ -145,7 +146,7 @@ def train_step_fn(sae: SAE, batch: Windows, lr: float = 1e-4, loss: LossConfig |
     """
     device = batch.x_BTD.device
     sae.to(device)
-    opt = torch.optim.Adam(sae.parameters(), lr=lr)
+    opt = adam(sae.parameters(), lr)
     cfg = loss or LossConfig()
 
     def step() -> None:
