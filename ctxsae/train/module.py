@@ -49,6 +49,7 @@ class SAEModule(L.LightningModule):
         # split's FVU, as evaluate.py computes it, not a mean of per-batch FVUs.
         self.val_reconstruction, self.val_sparsity = Reconstruction(sae.d_in), Sparsity(sae.d_sae)
         self._t_last: float | None = None
+        self._first_nonfinite_step: Tensor | None = None  # on the training device; -1 while every loss was finite
 
     def setup(self, stage: str) -> None:
         # Runs before a checkpoint is restored, so a resumed run keeps its trained b_dec.
@@ -61,11 +62,7 @@ class SAEModule(L.LightningModule):
 
     def training_step(self, batch: Windows, batch_idx: int) -> Tensor:
         loss, out, logs = compute_loss(self.sae, batch, self.loss_cfg, self.global_step, self.dead_F())
-        if not torch.isfinite(loss):
-            raise NonFiniteLoss(
-                f"loss is {loss.item()} at step {self.global_step}: lower optim.lr or raise trainer.gradient_clip_val;"
-                " the last good checkpoint is kept"
-            )
+        self.note_nonfinite(loss)
         with torch.no_grad():
             fired_F = fired(out.codes, batch.mask_BT) | fired(out.effective_codes, batch.mask_BT)
             n_tokens = batch.mask_BT.sum()
@@ -88,6 +85,33 @@ class SAEModule(L.LightningModule):
         self.log("fvu", logs["train/fvu"], prog_bar=True, logger=False)
         self.log("l0", logs["train/l0"], prog_bar=True, logger=False)
         return loss
+
+    def note_nonfinite(self, loss: Tensor) -> None:
+        """Record the first step whose loss is not finite, and raise NonFiniteLoss every log_every_n_steps.
+
+        Reading the loss on the host every step would make the host wait for the device each step;
+        the record stays on the device and is read where the logger reads its figures anyway, before
+        any checkpoint is written (``on_save_checkpoint``) and at the end, so a non-finite run stops
+        within log_every_n_steps steps and never overwrites a good checkpoint.
+        """
+        if self._first_nonfinite_step is None:
+            self._first_nonfinite_step = torch.full((), -1, dtype=torch.long, device=loss.device)
+        first = self._first_nonfinite_step
+        first.masked_fill_((first < 0) & ~torch.isfinite(loss.detach()), self.global_step)
+        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
+            self.raise_if_nonfinite()
+
+    def raise_if_nonfinite(self) -> None:
+        step = -1 if self._first_nonfinite_step is None else int(self._first_nonfinite_step)
+        if step >= 0:
+            raise NonFiniteLoss(f"loss is not finite from step {step} on: lower optim.lr or raise trainer.gradient_clip_val;"
+                                " the last good checkpoint is kept")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self.raise_if_nonfinite()
+
+    def on_train_end(self) -> None:
+        self.raise_if_nonfinite()
 
     def validation_step(self, batch: Windows, batch_idx: int) -> None:
         out = self.sae(batch.x_BTD, batch.doc_start_BT)
