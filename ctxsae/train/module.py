@@ -64,16 +64,20 @@ class SAEModule(L.LightningModule):
         loss, out, logs = compute_loss(self.sae, batch, self.loss_cfg, self.global_step, self.dead_F())
         self.note_nonfinite(loss)
         with torch.no_grad():
-            fired_F = fired(out.codes, batch.mask_BT) | fired(out.effective_codes, batch.mask_BT)
+            per_token = out.effective_codes is out.codes  # then count and test the codes once
+            fired_F = fired(out.codes, batch.mask_BT)
+            if not per_token:
+                fired_F |= fired(out.effective_codes, batch.mask_BT)
             n_tokens = batch.mask_BT.sum()
             if self.trainer.world_size > 1:  # every DDP rank must agree on which latents are dead
                 fired_F, n_tokens = self.all_gather(fired_F).any(0), self.all_gather(n_tokens).sum()
             self.tokens_since_fired_F += n_tokens
             self.tokens_since_fired_F.masked_fill_(fired_F, 0)  # not [fired_F] = 0: boolean indexing syncs with the GPU
+            l0_novel = l0(out.codes, batch.mask_BT)
             logs |= {
                 "train/fvu": fvu(batch.x_BTD, out.reconstruction, batch.mask_BT),
-                "train/l0": l0(out.codes, batch.mask_BT),
-                "train/l0_effective": l0(out.effective_codes, batch.mask_BT),
+                "train/l0": l0_novel,
+                "train/l0_effective": l0_novel if per_token else l0(out.effective_codes, batch.mask_BT),
                 "train/dead_fraction": self.dead_F().float().mean(),
                 "train/lr": torch.tensor(self.optimizers().param_groups[0]["lr"]),
             }
