@@ -19,7 +19,8 @@ kept only where those positions hold most of a head's attention. Design choices,
   that one position, and features with different onsets dilute each other. Softmax averages; it
   suits values that are dense in time. u_s is what the same encoder sees at s without context, so
   averaging it over earlier positions of a region carries the region's value, and every position
-  is computed at once. Cost: a second encoder pass (pre(x) for u, pre(x - c W_dec) for z).
+  is computed at once. Cost: a second encoder pass (pre(x) for u, pre(x - c W_dec) for z), skipped
+  while the context carries nothing (``shifted_pre_acts``).
 * **Keys strictly earlier, queries from the current position.** With s = t the context could copy
   u_t and leave z empty: the code at t must stay what is new at t. A learned *null* key (value 0)
   lets a head read nothing; it is always visible, so no row is empty and a document start reads
@@ -57,7 +58,7 @@ import torch
 from torch import Tensor, nn
 
 from ctxsae.models.base import ContextualSAE, SAEOutput
-from ctxsae.models.sparse_encoder import encode_topk
+from ctxsae.models.sparse_encoder import dense_pre_acts, encode_topk, shifted_pre_acts
 from ctxsae.models.topk import TopKConfig, TopKSAE, decode_masked
 from ctxsae.ranges import at_least, between
 
@@ -124,7 +125,8 @@ class AttentionSAE(TopKSAE, ContextualSAE):
         d_head = self.cfg.d_head
 
         # Values: what the encoder sees at each position without context, as (feature, value) pairs.
-        uv_BTK, ui_BTK, _ = encode_topk(self, x_BTD, Kv)
+        dense = dense_pre_acts(self, x_BTD)
+        uv_BTK, ui_BTK, _ = encode_topk(self, x_BTD, Kv, dense)
 
         # Each head reads the null slot and its R best-scoring earlier positions of the document.
         xc_BTD = x_BTD - self.b_dec
@@ -164,7 +166,8 @@ class AttentionSAE(TopKSAE, ContextualSAE):
 
         # Novel codes from what the context leaves unexplained.
         cW_BTD = decode_masked(self.W_dec, c_BTF, carried_BTF)
-        pre_BTF, z_BTF, zW_BTD = self.topk_code(x_BTD - cW_BTD)
+        xn_BTD = x_BTD - cW_BTD
+        pre_BTF, z_BTF, zW_BTD = self.topk_code(xn_BTD, shifted_pre_acts(self, x_BTD, dense, cW_BTD))
         recon_BTD = zW_BTD + cW_BTD + self.b_dec
         aux = {"context": c_BTF, "weights": w_BHT1R, "positions": pos_BHTR, "features": feat_BHTRK,
                "contributions": contrib_BHTRK}

@@ -84,19 +84,22 @@ def select_codes(u_TBF: Tensor, lam_TBF: Tensor, k: int, drop_below: float) -> T
     idx_TBK = torch.empty(T, B, k, dtype=torch.long, device=u_TBF.device)
     a_BF = u_TBF.new_zeros(B, F)
     age_BF = torch.zeros_like(a_BF)  # lambda^(positions since the held value was set)
+    h_BF, size_BF, size_BK = torch.empty_like(a_BF), torch.empty_like(a_BF), u_TBF.new_empty(B, k)
+    # Scalars as 0-dim tensors, and torch.where rather than masked_fill_: each step's dozen [B, F]
+    # operations are small enough that wrapping a Python scalar, or masked_fill_'s slower kernel, shows.
+    zero, one, drop_at = u_TBF.new_zeros(()), u_TBF.new_ones(()), u_TBF.new_tensor(drop_below)
     with one_thread_on_cpu(u_TBF.device):
         for t in range(T):
-            age_BF = age_BF * lam_TBF[t]
-            drop_BF = torch.lt(age_BF, drop_below, out=drop_TBF[t])
-            h_BF = (lam_TBF[t] * a_BF).masked_fill_(drop_BF, 0.0)  # lambda a where the value survives, 0 where dropped
+            age_BF.mul_(lam_TBF[t])
+            drop_BF = torch.lt(age_BF, drop_at, out=drop_TBF[t])
+            torch.where(drop_BF, zero, torch.mul(lam_TBF[t], a_BF, out=h_BF), out=h_BF)  # lambda a where the value survives, 0 where dropped
             diff_BF = torch.sub(u_TBF[t], h_BF, out=diff_TBF[t])
-            idx_BK = torch.topk(diff_BF.abs(), k, dim=-1, sorted=False).indices
-            idx_TBK[t] = idx_BK
+            _, idx_BK = torch.topk(torch.abs(diff_BF, out=size_BF), k, dim=-1, sorted=False, out=(size_BK, idx_TBK[t]))
             # A zero difference that makes the top k is no code, and must not re-set the age.
-            chosen_BF = chosen_TBF[t].scatter_(-1, idx_BK, diff_BF.gather(-1, idx_BK) != 0)
-            age_BF = age_BF.masked_fill_(drop_BF, 0.0).masked_fill_(chosen_BF, 1.0)
+            chosen_BF = chosen_TBF[t].scatter_(-1, idx_BK, torch.ne(size_BK, zero))
+            torch.where(chosen_BF, one, torch.where(drop_BF, zero, age_BF, out=age_BF), out=age_BF)
             a_BF = torch.where(chosen_BF, u_TBF[t], h_BF, out=a_TBF[t])
-    z_TBF = diff_TBF.masked_fill_(~chosen_TBF, 0.0)
+    z_TBF = torch.where(chosen_TBF, diff_TBF, zero, out=diff_TBF)
     return Trace(idx_TBK, chosen_TBF, a_TBF, z_TBF, drop_TBF.logical_not_())
 
 
@@ -123,22 +126,27 @@ class Recurrence(torch.autograd.Function):
     def backward(ctx, grad_a_TBF: Tensor | None, grad_z_TBF: Tensor | None):
         lam_F, carry_TB1, idx_TBK, chosen_TBF, a_TBF, _, keep_TBF = ctx.saved_tensors
         T = a_TBF.shape[0]
-        held_TBF = (carry_TB1 * lam_F) * keep_TBF  # dh_t/da_{t-1}
+        lam_TBF = carry_TB1 * lam_F
         G_TBF = torch.zeros_like(a_TBF) if grad_a_TBF is None else grad_a_TBF.clone()
         if grad_z_TBF is not None:
             grad_z_TBF = grad_z_TBF.masked_fill(~chosen_TBF, 0.0)
-            G_TBF[:-1] -= held_TBF[1:] * grad_z_TBF[1:]
-        through_TBF = held_TBF.masked_fill_(chosen_TBF, 0.0)  # a_{t-1} reaches a_t only where nothing is sent
+            G_TBF[:-1] -= (lam_TBF[1:] * keep_TBF[1:]) * grad_z_TBF[1:]  # dh_t/da_{t-1} = lambda_t keep_t
+        zero = a_TBF.new_zeros(())
+        through_TBF = torch.where(chosen_TBF, zero, lam_TBF.mul_(keep_TBF), out=lam_TBF)  # a_{t-1} reaches a_t only where nothing is sent
         with one_thread_on_cpu(G_TBF.device):
             for t in reversed(range(T - 1)):
                 torch.addcmul(G_TBF[t], through_TBF[t + 1], G_TBF[t + 1], out=G_TBF[t])
-        grad_u_TBF = G_TBF.masked_fill(~chosen_TBF, 0.0)
-        grad_h_TBF = G_TBF.masked_fill_(chosen_TBF, 0.0)
+        # The targets receive dL/da + dL/dz where they were sent, and only their chosen entries are
+        # returned, so they are read at the k entries, not formed as [T, B, F].
+        grad_u_TBK = G_TBF.gather(-1, idx_TBK)
         if grad_z_TBF is not None:
-            grad_u_TBF += grad_z_TBF
+            grad_u_TBK += grad_z_TBF.gather(-1, idx_TBK)
+        grad_u_TBK.masked_fill_(~chosen_TBF.gather(-1, idx_TBK), 0.0)
+        grad_h_TBF = torch.where(chosen_TBF, zero, G_TBF, out=G_TBF)
+        if grad_z_TBF is not None:
             grad_h_TBF -= grad_z_TBF
-        grad_lam_F = (grad_h_TBF[1:] * a_TBF[:-1] * carry_TB1[1:]).sum((0, 1))
-        return grad_u_TBF.gather(-1, idx_TBK), grad_lam_F, None, None
+        grad_lam_F = grad_h_TBF[1:].mul_(a_TBF[:-1]).mul_(carry_TB1[1:]).sum((0, 1))
+        return grad_u_TBK, grad_lam_F, None, None
 
 
 @dataclass

@@ -32,9 +32,11 @@ the scaled-unit-norm initialisation of the attention maps. Deviations, and why:
   N(0, 1) dictionary. Our decoder rows are unit norm, so no such scale is needed.
 * Attention is reset at document starts (the shifted slot at a document start is zeroed and
   earlier documents are masked); the reference trains on single-document windows.
-* ``d_value`` can narrow the value/output maps (d_sae -> d_value -> d_sae). The reference uses
-  d_value = d_sae: 2 d_sae^2 weights, four times the dictionary at d_sae = 4 d_in, and most of the
-  cost of a step.
+* The value/output maps are narrowed to d_value = d_sae / 8 by default (d_sae -> d_value -> d_sae).
+  The reference uses d_value = d_sae (``model.d_value=0``): 2 d_sae^2 weights, four times the
+  dictionary at d_sae = 4 d_in, and most of the cost of a step (10.7x a TopK step against 3.4x at
+  d_sae / 8, ``python -m ctxsae.bench``). On the synthetic ground truth (k 4, d_sae 256, 500k tokens)
+  the narrow maps gave held-out FVU 0.472 against 0.469 and effective L0 157 against 139.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ class TFAConfig(TopKConfig):
     _target_: str = "ctxsae.models.tfa.TFASAE"
     n_heads: int = field(default=4, metadata=at_least(1))  # attention heads
     bottleneck_factor: int = field(default=64, metadata=between(1, "d_sae"))  # query/key width = d_sae // bottleneck_factor (reference default 64)
-    d_value: int = field(default=0, metadata=at_least(0))  # width of the value/output maps; 0: d_sae, as in the reference
+    d_value: int | None = field(default=None, metadata=at_least(0))  # width of the value/output maps; None: d_sae // 8; 0: d_sae, as in the reference
 
 
 def shifted_doc_mask(doc_start_BT: Tensor) -> Tensor:
@@ -84,11 +86,11 @@ class TFASAE(TopKSAE, ContextualSAE):
     def __init__(self, cfg: TFAConfig):
         super().__init__(cfg)
         d_sae, n_heads = cfg.d_sae, cfg.n_heads
-        d_qk, d_v = d_sae // cfg.bottleneck_factor, cfg.d_value or d_sae
-        if d_qk < n_heads or d_qk % n_heads or d_v % n_heads:
+        d_qk, d_v = d_sae // cfg.bottleneck_factor, d_sae // 8 if cfg.d_value is None else cfg.d_value or d_sae
+        if d_qk < n_heads or d_qk % n_heads or d_v < n_heads or d_v % n_heads:
             raise ValueError(
                 f"d_sae // bottleneck_factor = {d_qk} and d_value = {d_v} must be positive multiples of n_heads = {n_heads}:"
-                " lower model.bottleneck_factor or model.n_heads"
+                " lower model.bottleneck_factor or model.n_heads, or set model.d_value"
             )
         self.d_qk, self.d_v = d_qk, d_v
         self.W_q = nn.Parameter(scaled_columns(d_sae, d_qk, 1 / math.sqrt(d_qk // n_heads)))

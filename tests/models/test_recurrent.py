@@ -211,8 +211,10 @@ def reference_forward(sae: RecurrentSAE, x_BTD, doc_start_BT):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_fast_step_loop_matches_the_reference_loop_exactly(dtype):
-    """Values bit for bit, gradients (of the reconstruction, the codes and AuxK's pre-activations) to rounding."""
+@pytest.mark.parametrize("codes_in_loss", [True, False])
+def test_fast_step_loop_matches_the_reference_loop_exactly(dtype, codes_in_loss):
+    """Values bit for bit, gradients (of the reconstruction, the codes unless left out as a TopK loss leaves
+    them, and AuxK's pre-activations) to rounding."""
     sae, x = mixed_sae(dtype).train(), windows(dtype)
     with torch.no_grad():
         sae.retention_raw[1::3] = 0.95 / sae.cfg.retention_speed  # decays slowly enough for the drop rule to act mid-run
@@ -222,7 +224,8 @@ def test_fast_step_loop_matches_the_reference_loop_exactly(dtype):
     params = [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, sae.retention_raw]
 
     def loss(z, a, recon, pre):
-        return (recon - target).pow(2).sum() + (weights * z).sum() + (weights * pre.relu()).mean()
+        codes = (weights * z).sum() if codes_in_loss else 0.0  # left out, z receives no gradient (None)
+        return (recon - target).pow(2).sum() + codes + (weights * pre.relu()).mean()
 
     out = sae(x, doc_start)
     grads = torch.autograd.grad(loss(*out[:3], out.pre_acts), params)

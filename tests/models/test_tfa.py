@@ -37,7 +37,9 @@ def windows(dtype=torch.float64, seed=1):
 
 def test_config_builds_the_model():
     sae = build_sae(OmegaConf.structured(TFAConfig(d_in=D, d_sae=F, k=K, n_heads=2, bottleneck_factor=8)))
-    assert isinstance(sae, TFASAE) and sae.cfg.k == K and sae.W_q.shape == (F, F // 8) and sae.W_v.shape == (F, F)
+    assert isinstance(sae, TFASAE) and sae.cfg.k == K and sae.W_q.shape == (F, F // 8) and sae.W_v.shape == (F, F // 8)
+    reference = TFASAE(TFAConfig(d_in=D, d_sae=F, k=K, n_heads=2, bottleneck_factor=8, d_value=0))  # the reference's width
+    assert reference.W_v.shape == (F, F) and reference.W_o.shape == (F, F)
     with pytest.raises(ValueError, match="multiples of n_heads"):
         TFASAE(TFAConfig(d_in=D, d_sae=F, k=K, n_heads=5, bottleneck_factor=8))
 
@@ -94,7 +96,8 @@ def test_starts_closed_as_topk():
     stats = sae.context_stats(out)
     assert stats["context_energy_share"] == 0 and stats["l0_predicted"] == 0
     d_qk = F // 8
-    assert stats["context_params"] == 2 * F * d_qk + 2 * F * F + 2 * d_qk + 2 * F + 1
+    d_v = F // 8
+    assert stats["context_params"] == 2 * F * d_qk + 2 * F * d_v + 2 * d_qk + d_v + F + 1
 
 
 def test_closed_gain_still_learns_whether_to_open():
