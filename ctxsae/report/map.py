@@ -15,7 +15,8 @@ Beside them, the two bounds from ``python evaluate.py`` (``ctxsae.metrics.persis
 persistence oracle of each TopK run (at 30% tolerance: ``changed_share``, the share of its codes
 that are new or changed, what a perfect hold scheme whose held values end for free would still
 send; ``held_share``, the same when every stop is sent too) and the dictionary-free region-variance
-share (variance explained by the causal running mean of the document, block or language run).
+share (variance explained by the causal running mean of the document, block or language run),
+and ``region_l0_ratio``, that share turned into an L0 ratio on the cell's front (``region_l0_ratio``).
 
 Writes ``<out>/results.md`` and ``<out>/map/<cell>.png`` (L0 against FVU per architecture) and
 ``<out>/map/held_share_by_layer.png``.
@@ -34,7 +35,7 @@ from omegaconf import OmegaConf
 
 from ctxsae.eval.markdown import flatten
 from ctxsae.report.plots import pareto_plot
-from ctxsae.report.sweep import job_dirs, markdown, matched_l0, row_of
+from ctxsae.report.sweep import baseline_front, job_dirs, l0_on_front, markdown, matched_l0, row_of
 from ctxsae.train.run_dir import RunDir
 
 # map column -> flattened eval.json key (beside the sweep report's columns)
@@ -53,8 +54,8 @@ BOUNDS = {
 
 RUN_COLUMNS = ("arm", "fvu", "l0", "l0_effective", "l0_ratio", "l0_effective_ratio", "ce_recovered", "ce_delta",
                "flicker", "onset_precision_code", "switch_auroc", "already_active", "changed_share", "held_share", "fvu_held")
-CELL_COLUMNS = ("cell", "topk_fvu", "changed_share", "held_share", "region_var_document", "region_var_block", "best_arm", "l0_ratio",
-                "l0_effective_ratio", "ce_delta")
+CELL_COLUMNS = ("cell", "topk_fvu", "changed_share", "held_share", "region_var_document", "region_var_block",
+                "region_l0_ratio", "best_arm", "l0_ratio", "l0_effective_ratio", "ce_delta")
 
 
 def cell_of(job: Path) -> str:
@@ -99,6 +100,23 @@ def _interpolate(base: list[dict], fvu: float, key: str) -> float | None:
     return None
 
 
+def region_l0_ratio(rows: list[dict], run: dict, baseline: str) -> float | None:
+    """The L0 ratio a perfect causal region code would allow at ``run``'s FVU, read off the cell's baseline front.
+
+    If the region's running mean explained its share r of the variance for free (the largest of the
+    document, block and language shares), the novel codes would only need to bring the FVU to
+    FVU + r: the front's L0 there over its L0 at FVU. Optimistic in that it takes the two to add up
+    (the region mean also explains variance the codes already explain); None outside the front.
+    """
+    shares = [run.get(f"region_var_{region}") for region in ("document", "block", "language")]
+    r = max([s for s in shares if s is not None], default=None)
+    if r is None:
+        return None
+    front = baseline_front(rows, run["setting"], baseline)
+    at_fvu, with_region = l0_on_front(front, run["fvu"]), l0_on_front(front, run["fvu"] + max(r, 0.0))
+    return with_region / at_fvu if at_fvu and with_region else None
+
+
 def cell_summary(cell: str, rows: list[dict], baseline: str) -> dict:
     """One line of the map: the baseline's middle run and its bounds, and the contextual run with the lowest ratio."""
     base = sorted((r for r in rows if r["model"] == baseline), key=lambda r: r["l0"])
@@ -108,6 +126,7 @@ def cell_summary(cell: str, rows: list[dict], baseline: str) -> dict:
     return {"cell": cell, "topk_fvu": middle.get("fvu"), "changed_share": middle.get("changed_share"),
             "held_share": middle.get("held_share"),
             "region_var_document": middle.get("region_var_document"), "region_var_block": middle.get("region_var_block"),
+            "region_l0_ratio": region_l0_ratio(rows, middle, baseline) if middle else None,
             "best_arm": best.get("arm"), "l0_ratio": best.get("l0_ratio"), "l0_effective_ratio": best.get("l0_effective_ratio"),
             "ce_delta": best.get("ce_delta")}
 

@@ -106,24 +106,27 @@ def setting_of(cfg) -> str:
 def matched_l0(rows: list[dict], baseline: str = "TopKSAE") -> list[dict]:
     """For each finished non-baseline run: its novel and effective L0 over the baseline's L0 at its FVU,
     the baseline runs being those of the same setting."""
-    fronts: dict[str, list[tuple[float, float]]] = {}
     finished = [r for r in rows if r["status"] == "finished"]
-    for setting in {r["setting"] for r in finished}:
-        base = [r for r in finished if r["model"] == baseline and r["setting"] == setting]
-        front = pareto_front([r["l0"] for r in base], [r["fvu"] for r in base])
-        fronts[setting] = sorted((base[i]["fvu"], base[i]["l0"]) for i in front)
+    fronts = {setting: baseline_front(finished, setting, baseline) for setting in {r["setting"] for r in finished}}
     matched = []
     for r in finished:
         if r["model"] == baseline:
             continue
-        l0_base = _interpolate_log(fronts[r["setting"]], r["fvu"])
+        l0_base = l0_on_front(fronts[r["setting"]], r["fvu"])
         matched.append({"run": r["run"], "group": r["group"], "fvu": r["fvu"], "l0": r["l0"], "baseline_l0": l0_base,
                         "l0_ratio": r["l0"] / l0_base if l0_base else None,
                         "l0_effective_ratio": r["l0_effective"] / l0_base if l0_base else None})
     return matched
 
 
-def _interpolate_log(front: list[tuple[float, float]], fvu: float) -> float | None:
+def baseline_front(rows: list[dict], setting: str, baseline: str) -> list[tuple[float, float]]:
+    """(FVU, L0) of the baseline's Pareto-optimal finished runs of ``setting``, FVU ascending."""
+    base = [r for r in rows if r["model"] == baseline and r["setting"] == setting and r["status"] == "finished"]
+    front = pareto_front([r["l0"] for r in base], [r["fvu"] for r in base])
+    return sorted((base[i]["fvu"], base[i]["l0"]) for i in front)
+
+
+def l0_on_front(front: list[tuple[float, float]], fvu: float) -> float | None:
     """L0 on the front (FVU ascending) at ``fvu``, log-linear between neighbours; None outside its range."""
     for (f0, l0), (f1, l1) in itertools.pairwise(front):
         if f0 <= fvu <= f1:

@@ -3,7 +3,7 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
-from ctxsae.report.map import map_rows, write_map
+from ctxsae.report.map import cell_summary, map_rows, write_map
 
 TOPK, RECURRENT = "ctxsae.models.topk.TopKSAE", "ctxsae.models.recurrent.RecurrentSAE"
 BOOK = "ctxsae.data.debian_reference.DebianReferenceSource"
@@ -30,7 +30,7 @@ def oracle(held_share, ce, document=0.1):
 def test_each_cell_reads_its_contextual_runs_against_its_own_topk_front(tmp_path):
     sweep = tmp_path / "sweep"
     run(sweep, "t16", TOPK, 16, 0.3, 16.0, evaluated=oracle(0.9, 0.80))
-    run(sweep, "t32", TOPK, 32, 0.2, 32.0, evaluated=oracle(0.8, 0.90))
+    run(sweep, "t32", TOPK, 32, 0.2, 32.0, evaluated=oracle(0.8, 0.90, document=0.05))
     run(sweep, "t64", TOPK, 64, 0.1, 64.0, evaluated=oracle(0.7, 0.96))
     run(sweep, "r16", RECURRENT, 16, 0.2, 16.0, l0_eff=40.0, evaluated={"downstream": {"ce_recovered_zero": 0.88}})
     # Another layer: a front of its own, never mixed with layer 8's.
@@ -45,10 +45,14 @@ def test_each_cell_reads_its_contextual_runs_against_its_own_topk_front(tmp_path
     assert rows["r16_L24"]["l0_ratio"] == pytest.approx(2 ** -0.5)  # 16 over the front at 16 * sqrt(2) (halfway in log L0)
     assert rows["t32"]["held_share"] == 0.8 and rows["t32"]["onset_precision_code"] == 0.4
 
+    summary = cell_summary("debian_reference-n512-L8", [r for r in rows.values() if r["layer"] == 8], "TopKSAE")
+    assert summary["topk_fvu"] == 0.2 and summary["best_arm"] == "RecurrentSAE k=16"
+    # A free region mean explaining 0.05 of the variance: the codes need only FVU 0.25, where the front has L0
+    # 16 sqrt(2) (halfway from 32 to 16 in log L0).
+    assert summary["region_l0_ratio"] == pytest.approx(2**-0.5)
+
     write_map(sweep, tmp_path / "docs")
     md = (tmp_path / "docs" / "results.md").read_text()
-    summary = md.split("## ")[0]
-    assert "| debian_reference-n512-L8 | 0.2 | 0.85 | 0.8 | 0.1 |" in summary  # the middle TopK run's FVU and bounds
-    assert "RecurrentSAE k=16 | 0.5 |" in summary
+    assert "| debian_reference-n512-L8 | 0.2 | 0.85 | 0.8 | 0.05 |  | 0.7071 | RecurrentSAE k=16 | 0.5 |" in md.split("## ")[0]
     for png in ("held_share_by_layer", "debian_reference-n512-L8", "debian_reference-n512-L24"):
         assert (tmp_path / "docs" / "map" / f"{png}.png").stat().st_size > 1000
