@@ -100,21 +100,27 @@ def _interpolate(base: list[dict], fvu: float, key: str) -> float | None:
     return None
 
 
-def region_l0_ratio(rows: list[dict], run: dict, baseline: str) -> float | None:
+def region_l0_ratio(rows: list[dict], run: dict, baseline: str) -> float | str | None:
     """The L0 ratio a perfect causal region code would allow at ``run``'s FVU, read off the cell's baseline front.
 
     If the region's running mean explained its share r of the variance for free (the largest of the
     document, block and language shares), the novel codes would only need to bring the FVU to
     FVU + r: the front's L0 there over its L0 at FVU. Optimistic in that it takes the two to add up
-    (the region mean also explains variance the codes already explain); None outside the front.
+    (the region mean also explains variance the codes already explain). Past the front's sparsest
+    run it is only known to be below that run's ratio ("< 0.5"); None where the run is off the front.
     """
     shares = [run.get(f"region_var_{region}") for region in ("document", "block", "language")]
     r = max([s for s in shares if s is not None], default=None)
     if r is None:
         return None
     front = baseline_front(rows, run["setting"], baseline)
-    at_fvu, with_region = l0_on_front(front, run["fvu"]), l0_on_front(front, run["fvu"] + max(r, 0.0))
-    return with_region / at_fvu if at_fvu and with_region else None
+    target = run["fvu"] + max(r, 0.0)
+    at_fvu, with_region = l0_on_front(front, run["fvu"]), l0_on_front(front, target)
+    if at_fvu and with_region:
+        return with_region / at_fvu
+    if at_fvu and front and target > front[-1][0]:  # past the front's sparsest run: below its L0 there
+        return f"< {front[-1][1] / at_fvu:.3g}"
+    return None
 
 
 def cell_summary(cell: str, rows: list[dict], baseline: str) -> dict:

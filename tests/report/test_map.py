@@ -50,6 +50,9 @@ def test_each_cell_reads_its_contextual_runs_against_its_own_topk_front(tmp_path
     # A free region mean explaining 0.05 of the variance: the codes need only FVU 0.25, where the front has L0
     # 16 sqrt(2) (halfway from 32 to 16 in log L0).
     assert summary["region_l0_ratio"] == pytest.approx(2**-0.5)
+    assert cell_summary("L24", [r for r in rows.values() if r["layer"] == 24], "TopKSAE")["region_l0_ratio"] is None
+    past = cell_summary("L24", [r | {"region_var_document": 0.2} for r in rows.values() if r["layer"] == 24], "TopKSAE")
+    assert past["region_l0_ratio"] == "< 0.5"  # FVU 0.6 is past the sparsest run (k=16 at 0.5): below 16 / 32
 
     write_map(sweep, tmp_path / "docs")
     md = (tmp_path / "docs" / "results.md").read_text()
