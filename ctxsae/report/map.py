@@ -59,13 +59,15 @@ CELL_COLUMNS = ("cell", "topk_fvu", "changed_share", "held_share", "region_var_d
 
 
 def cell_of(job: Path) -> str:
-    """Text, window length and hook of a run, as a file-name-safe label: ``debian_reference-n512-L8``."""
+    """Text, window length and hook of a run (and its seed if not 0), as a file-name-safe label:
+    ``debian_reference-n512-L8``, ``debian_reference-n512-L8-s1``."""
     cfg = RunDir(job).load_config()
     data = str(OmegaConf.select(cfg, "data.source._target_", default="synthetic")).rsplit(".", 1)[-1]
     data = {"DebianReferenceSource": "debian_reference", "FortunesSource": "fortunes"}.get(data, data)
     site = OmegaConf.select(cfg, "lm.site", default="resid_post")
     hook = f"L{OmegaConf.select(cfg, 'lm.layer', default='?')}" + ("" if site == "resid_post" else f"-{site}")
-    return f"{data}-n{OmegaConf.select(cfg, 'data.n_ctx', default='?')}-{hook}"
+    seed = OmegaConf.select(cfg, "seed", default=0)
+    return f"{data}-n{OmegaConf.select(cfg, 'data.n_ctx', default='?')}-{hook}" + (f"-s{seed}" if seed else "")
 
 
 def map_rows(sweep: Path, baseline: str) -> list[dict]:
@@ -114,6 +116,8 @@ def region_l0_ratio(rows: list[dict], run: dict, baseline: str) -> float | str |
     if r is None:
         return None
     front = baseline_front(rows, run["setting"], baseline)
+    if len(front) < 2:  # one run is no front to read a slope from
+        return None
     target = run["fvu"] + max(r, 0.0)
     at_fvu, with_region = l0_on_front(front, run["fvu"]), l0_on_front(front, target)
     if at_fvu and with_region:

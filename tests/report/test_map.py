@@ -9,11 +9,11 @@ TOPK, RECURRENT = "ctxsae.models.topk.TopKSAE", "ctxsae.models.recurrent.Recurre
 BOOK = "ctxsae.data.debian_reference.DebianReferenceSource"
 
 
-def run(root, name, model, k, fvu, l0, l0_eff=None, layer=8, data=BOOK, evaluated=None):
+def run(root, name, model, k, fvu, l0, l0_eff=None, layer=8, data=BOOK, evaluated=None, seed=0):
     d = root / name
     d.mkdir(parents=True)
     cfg = {"model": {"_target_": model, "k": k, "d_sae": 64}, "lm": {"layer": layer, "site": "resid_post"},
-           "data": {"source": {"_target_": data}, "n_ctx": 512}}
+           "data": {"source": {"_target_": data}, "n_ctx": 512}, "seed": seed}
     OmegaConf.save(OmegaConf.create(cfg), d / "config.yaml")
     (d / "summary.json").write_text(json.dumps({"model": model.rsplit(".", 1)[-1], "fvu": fvu, "l0": l0,
                                                 "l0_effective": l0_eff or l0}))
@@ -37,15 +37,17 @@ def test_each_cell_reads_its_contextual_runs_against_its_own_topk_front(tmp_path
     run(sweep, "t16_L24", TOPK, 16, 0.5, 16.0, layer=24, evaluated=oracle(1.2, 0.5, document=-0.02))
     run(sweep, "t32_L24", TOPK, 32, 0.4, 32.0, layer=24)
     run(sweep, "r16_L24", RECURRENT, 16, 0.45, 16.0, layer=24)
+    run(sweep, "t16_s1", TOPK, 16, 0.31, 16.0, seed=1)  # a second seed: a cell (and a front) of its own
 
     rows = {r["run"]: r for r in map_rows(sweep, "TopKSAE")}
     assert rows["r16"]["cell"] == "debian_reference-n512-L8" and rows["r16_L24"]["cell"] == "debian_reference-n512-L24"
     assert rows["r16"]["l0_ratio"] == pytest.approx(0.5) and rows["r16"]["l0_effective_ratio"] == pytest.approx(40 / 32)
     assert rows["r16"]["ce_delta"] == pytest.approx(-0.02)  # 0.88 against TopK's 0.90 at the same FVU
     assert rows["r16_L24"]["l0_ratio"] == pytest.approx(2 ** -0.5)  # 16 over the front at 16 * sqrt(2) (halfway in log L0)
+    assert rows["t16_s1"]["cell"] == "debian_reference-n512-L8-s1"
     assert rows["t32"]["held_share"] == 0.8 and rows["t32"]["onset_precision_code"] == 0.4
 
-    summary = cell_summary("debian_reference-n512-L8", [r for r in rows.values() if r["layer"] == 8], "TopKSAE")
+    summary = cell_summary("debian_reference-n512-L8", [r for r in rows.values() if r["cell"] == "debian_reference-n512-L8"], "TopKSAE")
     assert summary["topk_fvu"] == 0.2 and summary["best_arm"] == "RecurrentSAE k=16"
     # A free region mean explaining 0.05 of the variance: the codes need only FVU 0.25, where the front has L0
     # 16 sqrt(2) (halfway from 32 to 16 in log L0).
