@@ -38,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="issue: also time the TopK step against the anchors at (576, 9216, 32, 8192), (2048, 65536, 64, 8192)"
                         " and (4096, 131072, 64, 4096) = (d_in, d_sae, k, tokens per step); meant for a GPU")
     p.add_argument("--only", nargs="+", metavar="FIGURE", default=None,
-                   help="run only these figures: extraction cache saelens sparsify roofline contextual end_to_end memory shapes")
+                   help="run only these figures: extraction multilayer cache saelens sparsify roofline contextual end_to_end memory shapes")
     p.add_argument("--out", default="outputs/bench/bench.json", help="where the JSON report goes")
     args = p.parse_args(argv)
     quick = args.quick
