@@ -59,5 +59,5 @@ def test_each_cell_reads_its_contextual_runs_against_its_own_topk_front(tmp_path
     write_map(sweep, tmp_path / "docs")
     md = (tmp_path / "docs" / "results.md").read_text()
     assert "| debian_reference-n512-L8 | 0.2 | 0.85 | 0.8 | 0.05 |  | 0.7071 | RecurrentSAE k=16 | 0.5 |" in md.split("## ")[0]
-    for png in ("held_share_by_layer", "debian_reference-n512-L8", "debian_reference-n512-L24"):
+    for png in ("changed_share_by_layer", "debian_reference-n512-L8", "debian_reference-n512-L24"):
         assert (tmp_path / "docs" / "map" / f"{png}.png").stat().st_size > 1000
