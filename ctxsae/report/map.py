@@ -25,7 +25,6 @@ Writes ``<out>/results.md`` and ``<out>/map/<cell>.png`` (L0 against FVU per arc
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -35,7 +34,7 @@ from omegaconf import OmegaConf
 
 from ctxsae.eval.markdown import flatten
 from ctxsae.report.plots import pareto_plot
-from ctxsae.report.sweep import baseline_front, job_dirs, l0_on_front, markdown, matched_l0, row_of
+from ctxsae.report.sweep import at_fvu, baseline_front, job_dirs, l0_on_front, markdown, matched_l0, row_of
 from ctxsae.train.run_dir import RunDir
 
 # map column -> flattened eval.json key (beside the sweep report's columns)
@@ -88,18 +87,9 @@ def map_rows(sweep: Path, baseline: str) -> list[dict]:
         m = matched.get(row["run"], {})
         row["l0_ratio"], row["l0_effective_ratio"] = m.get("l0_ratio"), m.get("l0_effective_ratio")
         base = [r for r in rows if r["model"] == baseline and r["setting"] == row["setting"]]
-        ce = _interpolate(base, row["fvu"], "ce_recovered")
+        ce = at_fvu(sorted((r["fvu"], r["ce_recovered"]) for r in base if r["ce_recovered"] is not None), row["fvu"])
         row["ce_delta"] = row["ce_recovered"] - ce if row["model"] != baseline and None not in (ce, row["ce_recovered"]) else None
     return rows
-
-
-def _interpolate(base: list[dict], fvu: float, key: str) -> float | None:
-    """``key`` of the baseline runs at ``fvu``, linear in FVU between the two neighbouring runs; None outside."""
-    points = sorted((r["fvu"], r[key]) for r in base if r.get(key) is not None)
-    for (f0, v0), (f1, v1) in itertools.pairwise(points):
-        if f0 <= fvu <= f1:
-            return v0 + (v1 - v0) * ((fvu - f0) / (f1 - f0) if f1 > f0 else 0.0)
-    return None
 
 
 def region_l0_ratio(rows: list[dict], run: dict, baseline: str) -> float | str | None:

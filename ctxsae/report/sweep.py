@@ -126,13 +126,22 @@ def baseline_front(rows: list[dict], setting: str, baseline: str) -> list[tuple[
     return sorted((base[i]["fvu"], base[i]["l0"]) for i in front)
 
 
-def l0_on_front(front: list[tuple[float, float]], fvu: float) -> float | None:
-    """L0 on the front (FVU ascending) at ``fvu``, log-linear between neighbours; None outside its range."""
-    for (f0, l0), (f1, l1) in itertools.pairwise(front):
+def at_fvu(points: list[tuple[float, float]], fvu: float, log: bool = False) -> float | None:
+    """The value at ``fvu`` of (FVU, value) points in ascending FVU, interpolated between the two neighbours
+    (linearly in the value, or in its log); None outside their range."""
+    for (f0, v0), (f1, v1) in itertools.pairwise(points):
         if f0 <= fvu <= f1:
             w = (fvu - f0) / (f1 - f0) if f1 > f0 else 0.0
-            return math.exp((1 - w) * math.log(l0) + w * math.log(l1))
-    return front[0][1] if len(front) == 1 and math.isclose(front[0][0], fvu) else None
+            return math.exp((1 - w) * math.log(v0) + w * math.log(v1)) if log else v0 + (v1 - v0) * w
+    return None
+
+
+def l0_on_front(front: list[tuple[float, float]], fvu: float) -> float | None:
+    """L0 on the front (FVU ascending) at ``fvu``, log-linear between neighbours; a one-run front only at its own
+    FVU; None outside its range."""
+    if len(front) == 1:
+        return front[0][1] if math.isclose(front[0][0], fvu) else None
+    return at_fvu(front, fvu, log=True)
 
 
 def _fmt(v) -> str:
