@@ -59,14 +59,23 @@ class RegionConfig(TopKConfig):
 
 def running_mean(x_BTD: Tensor, doc_start_BT: Tensor) -> Tensor:
     """m [B, T, D]: the mean of x over the positions s <= t of t's document (a document starts at
-    every True of doc_start_BT and at t = 0)."""
+    every True of doc_start_BT and at t = 0).
+
+    The sum restarts at each document start rather than being one cumulative sum minus its value
+    there: that difference would carry the rounding of the earlier document into the next one,
+    and document resets are tested bit for bit.
+    """
     B, T, _ = x_BTD.shape
+    sum_BTD = torch.empty_like(x_BTD)
+    sum_BD = x_BTD[:, 0]
+    with one_thread_on_cpu(x_BTD.device):
+        sum_BTD[:, 0] = sum_BD
+        for t in range(1, T):
+            sum_BD = torch.where(doc_start_BT[:, t, None], x_BTD[:, t], sum_BD + x_BTD[:, t])
+            sum_BTD[:, t] = sum_BD
     positions_T = torch.arange(T, device=x_BTD.device)
     start_BT = torch.where(doc_start_BT, positions_T, 0).cummax(dim=1).values  # where t's document starts
-    sum_BTD = x_BTD.cumsum(dim=1)
-    before_start_BTD = torch.cat([sum_BTD.new_zeros(B, 1, sum_BTD.shape[-1]), sum_BTD], dim=1).gather(
-        1, start_BT[..., None].expand_as(sum_BTD))  # sum over s < start, 0 at start = 0
-    return (sum_BTD - before_start_BTD) / (positions_T - start_BT + 1)[..., None]
+    return sum_BTD / (positions_T - start_BT + 1)[..., None]
 
 
 @torch.no_grad()
