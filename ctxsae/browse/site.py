@@ -225,7 +225,7 @@ def _pages_pass(sae: SAE, dm, cfg: EvalConfig, latents: list[int], wanted: dict[
     idx = torch.tensor(latents, dtype=torch.long, device=device)
     seen = 0
     for b in dm.held_out_batches(cfg.batch_windows, cfg.held_out_windows, device, dm.unit_of(sae)):
-        out = sae(b.x_BTD, b.doc_start_BT)
+        out = sae(b.x_BTD, b.context_start_BT)
         z_BTP, a_BTP = out.codes[..., idx].cpu(), out.effective_codes[..., idx].cpu()
         b_cpu = b.to("cpu")
         for p in range(len(latents)):
@@ -332,7 +332,7 @@ def compare_runs(
     for sae in saes:
         device = next(sae.parameters()).device
         b = ds.__getitems__(picks)
-        out = sae(b.x_BTD.mul_(dm.unit_of(sae)).to(device), b.doc_start_BT.to(device))
+        out = sae(b.x_BTD.mul_(dm.unit_of(sae)).to(device), b.context_start_BT.to(device))
         z_NTF, a_NTF = out.codes.cpu(), out.effective_codes.cpu()
         for n, w in enumerate(picks):
             latents = top_latents(a_NTF[n], b.mask_BT[n], cfg.compare_features)

@@ -27,6 +27,18 @@ class Windows(NamedTuple):
     mask_BT: Tensor  # bool: position counts in loss and metrics
     labels: TokenLabels | None = None  # per-token region labels [B, T] (language, block kind, block), if the text has them
 
+    @property
+    def context_start_BT(self) -> Tensor:
+        """Where an SAE's context (re)starts: every document start, and every kept position right after a left-out one.
+
+        This, not ``doc_start_BT``, is what SAEs are called with. The positions the mask leaves out (the
+        attention sink at a window start, whose norm at deep layers is ~50x the others') then reach no
+        kept position through a contextual SAE's context, as they reach none through the loss.
+        """
+        start_BT = self.doc_start_BT.clone()
+        start_BT[:, 1:] |= self.mask_BT[:, 1:] & ~self.mask_BT[:, :-1]
+        return start_BT
+
     def to(self, device) -> Windows:
         """The batch on ``device``, labels included."""
         tensors = (t.to(device) for t in (self.x_BTD, self.tokens_BT, self.doc_start_BT, self.mask_BT))

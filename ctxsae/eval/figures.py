@@ -84,7 +84,7 @@ def heatmaps(sae: SAE, dm, cfg: EvalConfig, tokenizer, probe: ProbeCodes | None,
     ds, device = dm.dataset("val"), next(sae.parameters()).device
     for w in range(min(cfg.heatmap_windows, len(ds))):
         b = ds[w]
-        out = sae(b.x_BTD.mul_(dm.unit_of(sae)).to(device), b.doc_start_BT.to(device))
+        out = sae(b.x_BTD.mul_(dm.unit_of(sae)).to(device), b.context_start_BT.to(device))
         latents = top_latents(out.effective_codes[0].cpu(), b.mask_BT[0], cfg.heatmap_latents)
         starts = [int(t) for t in b.doc_start_BT[0].nonzero() if t > 0]
         figures[f"heatmap_val{w}"] = activation_heatmap(

@@ -60,7 +60,7 @@ def held_out_accumulators(sae: SAE, cfg: MetricsConfig, device: torch.device | s
 def accumulate(sae: SAE, batches: Iterable[Windows], accumulators: Mapping[str, Accumulator]) -> dict[str, dict]:
     """One pass: each batch through the SAE once, its output to every accumulator; their figures by name."""
     for batch in batches:
-        out = sae(batch.x_BTD, batch.doc_start_BT)
+        out = sae(batch.x_BTD, batch.context_start_BT)
         for accumulator in accumulators.values():
             accumulator.update(batch, out)
     return {name: accumulator.compute() for name, accumulator in accumulators.items()}

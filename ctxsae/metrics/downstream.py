@@ -64,12 +64,12 @@ class Downstream:
     @torch.no_grad()
     def update(self, batch: Windows) -> None:
         """One batch of windows (token ids, document starts, kept positions) on the LM's device."""
-        sae, mask_BT, doc_start_BT = self.sae, batch.mask_BT, batch.doc_start_BT
+        sae, mask_BT, start_BT = self.sae, batch.mask_BT, batch.context_start_BT
         ids_BT = batch.tokens_BT.long()
         keep = mask_BT[..., None]
 
         def spliced(h: Tensor) -> Tensor:
-            recon = sae.denormalize(sae(sae.normalize(h.float()), doc_start_BT).reconstruction).to(h.dtype)
+            recon = sae.denormalize(sae(sae.normalize(h.float()), start_BT).reconstruction).to(h.dtype)
             return torch.where(keep, recon, h)
 
         patches = {

@@ -127,7 +127,7 @@ class SAEModule(L.LightningModule):
         self.raise_if_nonfinite()
 
     def validation_step(self, batch: Windows, batch_idx: int) -> None:
-        out = self.sae(batch.x_BTD, batch.doc_start_BT)
+        out = self.sae(batch.x_BTD, batch.context_start_BT)
         self.val_reconstruction.update(batch, out)
         self.val_sparsity.update(batch, out)
 

@@ -100,7 +100,7 @@ def compute_loss(
 ) -> tuple[Tensor, SAEOutput, dict[str, Tensor]]:
     """One forward pass: the scalar loss, the SAE output, and detached per-term figures to log."""
     x, mask = batch.x_BTD, batch.mask_BT
-    out = sae(x, batch.doc_start_BT)
+    out = sae(x, batch.context_start_BT)
     sq_err_BT = (out.reconstruction - x).pow(2).sum(-1)
     terms = {"mse": masked_mean(sq_err_BT, mask)}
     coefs = {"mse": cfg.mse}

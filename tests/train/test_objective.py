@@ -96,3 +96,23 @@ def test_objective_applies_the_term_to_the_leading_prefix_only():
     compute_loss(sae, batch, LossConfig(mse=0.0, contrastive=1.0), 0)[0].backward()
     assert (sae.W_enc.grad[:, 10:] == 0).all() and (sae.W_enc.grad[:, :10] != 0).any()
     assert "loss/contrastive" not in compute_loss(sae, batch, LossConfig(), 0)[2]
+
+
+def test_left_out_positions_reach_no_kept_position_through_context():
+    """The attention sink at a window start is left out of the loss and, through ``Windows.context_start_BT``,
+    out of a contextual SAE's context: a huge value there changes nothing at the kept positions."""
+    from ctxsae.models.region import RegionConfig, RegionSAE
+
+    torch.manual_seed(0)
+    sae = RegionSAE(RegionConfig(d_in=8, d_sae=32, k=2, d_region=4))
+    x = torch.randn(2, 12, 8)
+    doc_start, mask = torch.zeros(2, 12, dtype=torch.bool), torch.ones(2, 12, dtype=torch.bool)
+    doc_start[:, 0] = doc_start[1, 7] = True
+    mask[:, :3] = False
+    batch = Windows(x, torch.zeros(2, 12, dtype=torch.long), doc_start, mask)
+    assert batch.context_start_BT.nonzero().tolist() == [[0, 0], [0, 3], [1, 0], [1, 3], [1, 7]]
+    sink = x.clone()
+    sink[:, :3] *= 1000
+    loss, out, _ = compute_loss(sae, batch, LossConfig(), step=0)
+    sink_loss, sink_out, _ = compute_loss(sae, batch._replace(x_BTD=sink), LossConfig(), step=0)
+    assert torch.equal(loss, sink_loss) and torch.equal(out.reconstruction[:, 3:], sink_out.reconstruction[:, 3:])
