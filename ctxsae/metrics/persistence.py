@@ -26,6 +26,13 @@ first position). Regions: ``document`` (a continued stretch: document start or w
 and where labels exist ``block`` and ``language`` (runs of one block / one language within a
 stretch). This is what a perfect region code could carry, whatever the dictionary.
 
+It overstates what a region code can add to an SAE: much of the region mean is already in what
+the SAE's codes reconstruct (a token latent's direction carries its region's offset along). So
+the same predictor is also applied to the SAE's own residual e = x - x_hat:
+``residual_explained_<region>`` = (sum |e_t|^2 - sum |e_t - ebar_t|^2) / sum |x_t - xbar|^2 with
+ebar_t the causal running mean of e over t's region (0 at its first position): the FVU a
+decoder would take off this SAE's if it added, for free, the running mean of its own past errors.
+
 Both report, where labels exist, the same figures at the positions of each block kind
 (``by_kind``); FVU and explained variance there are relative to those positions' variance about
 their own mean.
@@ -147,9 +154,14 @@ class _Explained:
         self.first_sum = self.first_sum + first.sum(0)
         self.first_sq += first.pow(2).sum().item()
 
+    def variance(self) -> float:
+        """sum |x - mean x|^2 over all positions seen."""
+        mean = torch.as_tensor(self.sum_x, dtype=torch.float64) / max(self.n, 1)
+        return self.sq - self.n * mean.pow(2).sum().item()
+
     def compute(self) -> float:
         mean = torch.as_tensor(self.sum_x, dtype=torch.float64) / max(self.n, 1)
-        variance = self.sq - self.n * mean.pow(2).sum().item()
+        variance = self.variance()
         first_err = self.first_sq - 2 * (torch.as_tensor(self.first_sum) * mean).sum().item() + self.first_n * mean.pow(2).sum().item()
         return 1 - (self.err + first_err) / max(variance, 1e-12)
 
@@ -167,11 +179,14 @@ def causal_region_mean(x_BTD: Tensor, start_BT: Tensor, mask_BT: Tensor) -> tupl
 
 
 class RegionMeanBound:
-    """Accumulator (``update(batch, out)``, ``compute()``) of the region-mean bound; ``out`` is not read."""
+    """Accumulator (``update(batch, out)``, ``compute()``) of the region-mean bound on x and, given ``out``, on
+    the SAE's residual (the module docstring)."""
 
     def __init__(self):
         self.explained: dict[str, _Explained] = {}
         self.by_kind: dict[str, dict[str, _Explained]] = {}
+        self.residual_sq = 0.0  # sum |e|^2 over kept positions
+        self.residual_err: dict[str, float] = {}  # sum |e - ebar|^2 per region
 
     @torch.no_grad()
     def update(self, batch: Windows, out: SAEOutput | None = None) -> None:
@@ -181,9 +196,15 @@ class RegionMeanBound:
         if batch.labels is not None:
             starts |= {"block": label_runs(batch.labels.block_NT, cont).start_BT,
                        "language": label_runs(batch.labels.language_NT, cont).start_BT}
+        e = None if out is None else x - out.reconstruction.double()
+        if e is not None:
+            self.residual_sq += e[mask].pow(2).sum().item()
         for region, start in starts.items():
             pred, history = causal_region_mean(x, start, mask)
             self.explained.setdefault(region, _Explained()).update(x[mask], pred[mask], history[mask])
+            if e is not None:
+                e_pred, _ = causal_region_mean(e, start, mask)  # 0 where there is no history
+                self.residual_err[region] = self.residual_err.get(region, 0.0) + (e - e_pred)[mask].pow(2).sum().item()
             if batch.labels is None:
                 continue
             for k, name in enumerate(batch.labels.kinds):
@@ -193,6 +214,10 @@ class RegionMeanBound:
 
     def compute(self) -> dict:
         out = {f"explained_{region}": e.compute() for region, e in self.explained.items()}
+        if self.residual_err:
+            variance = self.explained["document"].variance()
+            out |= {f"residual_explained_{region}": (self.residual_sq - err) / max(variance, 1e-12)
+                    for region, err in self.residual_err.items()}
         if self.by_kind:
             out["by_kind"] = {region: {k: e.compute() for k, e in sorted(kinds.items())} for region, kinds in self.by_kind.items()}
         return out

@@ -72,3 +72,15 @@ def test_region_mean_bound_exact_values():
     unlabelled = RegionMeanBound()
     unlabelled.update(window(x, mask_first=True))
     assert set(unlabelled.compute()) == {"explained_document"}
+
+
+def test_region_mean_bound_on_the_residual_exact_values():
+    """Given an SAE output, the same predictor on e = x - x_hat: the FVU a free running mean of past errors takes off."""
+    x = torch.tensor([[100.0], [1.0], [1.0], [1.0], [5.0], [7.0]])  # kept positions 1..5: variance 32, as above
+    recon = x - torch.tensor([[0.0], [2.0], [2.0], [2.0], [-1.0], [2.0]])  # errors 2, 2, 2, -1, 2 at kept positions
+    acc = RegionMeanBound()
+    acc.update(window(x, mask_first=True), SAEOutput(x, x, recon, x, {}))
+    r = acc.compute()
+    # predicted errors: 0 (no history), 2, 2, 2, (2+2+2-1)/4 = 1.25: squared errors 4, 0, 0, 9, 0.5625 of 17 in all
+    assert r["residual_explained_document"] == pytest.approx((17 - (4 + 9 + 0.5625)) / 32)
+    assert r["explained_document"] == pytest.approx(1 - (4 + 16 + 25) / 32)  # the bound on x is unchanged
