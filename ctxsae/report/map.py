@@ -16,7 +16,8 @@ persistence oracle of each TopK run (at 30% tolerance: ``changed_share``, the sh
 that are new or changed, what a perfect hold scheme whose held values end for free would still
 send; ``held_share``, the same when every stop is sent too) and the dictionary-free region-variance
 share (variance explained by the causal running mean of the document, block or language run),
-and ``region_l0_ratio``, that share turned into an L0 ratio on the cell's front (``region_l0_ratio``).
+and ``region_l0_ratio``, that share turned into an L0 ratio on the cell's front; ``residual_var_document``
+and ``residual_l0_ratio``, the same for the TopK run's own residual (what a region code could add to it).
 
 Writes ``<out>/results.md`` and ``<out>/map/<cell>.png`` (L0 against FVU per architecture) and
 ``<out>/map/changed_share_by_layer.png``.
@@ -46,15 +47,20 @@ BOUNDS = {
     "region_var_document": "region_bound/explained_document",
     "region_var_block": "region_bound/explained_block",
     "region_var_language": "region_bound/explained_language",
+    "residual_var_document": "region_bound/residual_explained_document",
+    "residual_var_block": "region_bound/residual_explained_block",
+    "residual_var_language": "region_bound/residual_explained_language",
     "onset_precision_code": "regions/kind/code/onset_precision",
     "onset_recall_code": "regions/kind/code/onset_recall",
     "switch_boundary_auroc": "language_switch/boundary_auroc_heldout",
 }
 
 RUN_COLUMNS = ("arm", "fvu", "l0", "l0_effective", "l0_ratio", "l0_effective_ratio", "ce_recovered", "ce_delta",
-               "flicker", "onset_precision_code", "switch_auroc", "already_active", "changed_share", "held_share", "fvu_held")
+               "flicker", "onset_precision_code", "switch_auroc", "already_active", "changed_share", "held_share", "fvu_held",
+               "residual_var_document")
 CELL_COLUMNS = ("cell", "topk_fvu", "changed_share", "held_share", "region_var_document", "region_var_block",
-                "region_l0_ratio", "best_arm", "l0_ratio", "l0_effective_ratio", "ce_delta")
+                "region_l0_ratio", "residual_var_document", "residual_l0_ratio", "best_arm", "l0_ratio", "l0_effective_ratio",
+                "ce_delta")
 
 
 def cell_of(job: Path) -> str:
@@ -92,16 +98,19 @@ def map_rows(sweep: Path, baseline: str) -> list[dict]:
     return rows
 
 
-def region_l0_ratio(rows: list[dict], run: dict, baseline: str) -> float | str | None:
+def region_l0_ratio(rows: list[dict], run: dict, baseline: str, of: str = "region_var") -> float | str | None:
     """The L0 ratio a perfect causal region code would allow at ``run``'s FVU, read off the cell's baseline front.
 
     If the region's running mean explained its share r of the variance for free (the largest of the
     document, block and language shares), the novel codes would only need to bring the FVU to
-    FVU + r: the front's L0 there over its L0 at FVU. Optimistic in that it takes the two to add up
-    (the region mean also explains variance the codes already explain). Past the front's sparsest
-    run it is only known to be below that run's ratio ("< 0.5"); None where the run is off the front.
+    FVU + r: the front's L0 there over its L0 at FVU. With ``of="region_var"`` (the running mean of x)
+    this is optimistic: it takes the two to add up, while the codes already explain most of the
+    region mean. ``of="residual_var"`` reads the share of the run's own residual instead (the running
+    mean of its past errors), which is what a region code could add to this dictionary. Past the
+    front's sparsest run it is only known to be below that run's ratio ("< 0.5"); None where the run
+    is off the front.
     """
-    shares = [run.get(f"region_var_{region}") for region in ("document", "block", "language")]
+    shares = [run.get(f"{of}_{region}") for region in ("document", "block", "language")]
     r = max([s for s in shares if s is not None], default=None)
     if r is None:
         return None
@@ -127,6 +136,8 @@ def cell_summary(cell: str, rows: list[dict], baseline: str) -> dict:
             "held_share": middle.get("held_share"),
             "region_var_document": middle.get("region_var_document"), "region_var_block": middle.get("region_var_block"),
             "region_l0_ratio": region_l0_ratio(rows, middle, baseline) if middle else None,
+            "residual_var_document": middle.get("residual_var_document"),
+            "residual_l0_ratio": region_l0_ratio(rows, middle, baseline, of="residual_var") if middle else None,
             "best_arm": best.get("arm"), "l0_ratio": best.get("l0_ratio"), "l0_effective_ratio": best.get("l0_effective_ratio"),
             "ce_delta": best.get("ce_delta")}
 

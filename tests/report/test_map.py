@@ -21,16 +21,17 @@ def run(root, name, model, k, fvu, l0, l0_eff=None, layer=8, data=BOOK, evaluate
         (d / "eval.json").write_text(json.dumps(evaluated))
 
 
-def oracle(held_share, ce, document=0.1):
+def oracle(held_share, ce, document=0.1, residual=0.0):
     return {"persistence": {"already_active": 0.2, "changed_share_0.3": 0.85, "held_share_0.3": held_share, "fvu_held_0.3": 0.3},
-            "region_bound": {"explained_document": document}, "downstream": {"ce_recovered_zero": ce},
+            "region_bound": {"explained_document": document, "residual_explained_document": residual},
+            "downstream": {"ce_recovered_zero": ce},
             "regions": {"kind/code": {"onset_precision": 0.4}}}
 
 
 def test_each_cell_reads_its_contextual_runs_against_its_own_topk_front(tmp_path):
     sweep = tmp_path / "sweep"
     run(sweep, "t16", TOPK, 16, 0.3, 16.0, evaluated=oracle(0.9, 0.80))
-    run(sweep, "t32", TOPK, 32, 0.2, 32.0, evaluated=oracle(0.8, 0.90, document=0.05))
+    run(sweep, "t32", TOPK, 32, 0.2, 32.0, evaluated=oracle(0.8, 0.90, document=0.05, residual=0.025))
     run(sweep, "t64", TOPK, 64, 0.1, 64.0, evaluated=oracle(0.7, 0.96))
     run(sweep, "r16", RECURRENT, 16, 0.2, 16.0, l0_eff=40.0, evaluated={"downstream": {"ce_recovered_zero": 0.88}})
     # Another layer: a front of its own, never mixed with layer 8's.
@@ -52,12 +53,14 @@ def test_each_cell_reads_its_contextual_runs_against_its_own_topk_front(tmp_path
     # A free region mean explaining 0.05 of the variance: the codes need only FVU 0.25, where the front has L0
     # 16 sqrt(2) (halfway from 32 to 16 in log L0).
     assert summary["region_l0_ratio"] == pytest.approx(2**-0.5)
+    # What a region code could add to this dictionary: 0.025 of its residual, a quarter of the way to L0 16 in log L0.
+    assert summary["residual_var_document"] == 0.025 and summary["residual_l0_ratio"] == pytest.approx(2**-0.25)
     assert cell_summary("L24", [r for r in rows.values() if r["layer"] == 24], "TopKSAE")["region_l0_ratio"] is None
     past = cell_summary("L24", [r | {"region_var_document": 0.2} for r in rows.values() if r["layer"] == 24], "TopKSAE")
     assert past["region_l0_ratio"] == "< 0.5"  # FVU 0.6 is past the sparsest run (k=16 at 0.5): below 16 / 32
 
     write_map(sweep, tmp_path / "docs")
     md = (tmp_path / "docs" / "results.md").read_text()
-    assert "| debian_reference-n512-L8 | 0.2 | 0.85 | 0.8 | 0.05 |  | 0.7071 | RecurrentSAE k=16 | 0.5 |" in md.split("## ")[0]
+    assert "| debian_reference-n512-L8 | 0.2 | 0.85 | 0.8 | 0.05 |  | 0.7071 | 0.025 | 0.8409 | RecurrentSAE k=16 | 0.5 |" in md.split("## ")[0]
     for png in ("changed_share_by_layer", "debian_reference-n512-L8", "debian_reference-n512-L24"):
         assert (tmp_path / "docs" / "map" / f"{png}.png").stat().st_size > 1000
