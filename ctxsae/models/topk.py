@@ -68,11 +68,12 @@ def decode_masked(W_dec: Tensor, codes_BTF: Tensor, mask_BTF: Tensor) -> Tensor:
     The mask, not codes != 0, says which entries take part: an entry that is exactly 0 but could
     have been non-zero (a closed carry, a value not held) must still pass its gradient on.
     """
-    mask_NF = mask_BTF.flatten(0, 1)
-    row, col = mask_NF.nonzero(as_tuple=True)
-    counts_N = mask_NF.sum(-1)
-    out_ND = decode_sparse(W_dec, col, codes_BTF.flatten(0, 1)[row, col], counts_N.cumsum(0) - counts_N)
-    return out_ND.view(*codes_BTF.shape[:2], -1)
+    B, T, F = codes_BTF.shape
+    flat_M = mask_BTF.reshape(-1).nonzero().squeeze(1)  # flat, then split: about half the time of a 2-D nonzero on the CPU
+    row_M, col_M = flat_M // F, flat_M % F
+    counts_N = torch.bincount(row_M, minlength=B * T)
+    out_ND = decode_sparse(W_dec, col_M, codes_BTF.reshape(-1).take(flat_M), counts_N.cumsum(0) - counts_N)
+    return out_ND.view(B, T, -1)
 
 
 class TopKSAE(SAE):
