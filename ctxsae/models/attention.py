@@ -30,9 +30,11 @@ kept only where those positions hold most of a head's attention. Design choices,
   [B, H, T, F]: measured 7.6x a TopK step at d_in 576, d_sae 2304, 32 x 128 tokens (busy CPU). Each head
   instead reads its n_attend best-scoring positions (softmax renormalised over them and the null
   slot, gradient through the kept scores as in TopK), so the context costs O(T n_attend kv) per
-  head and query; only p (below) goes through a [B H T, F] buffer. Masking (causal, same document)
-  is an additive -inf bias. A whole training step still costs 4.8x TopK's at those sizes with the
-  defaults (k_values 64, n_attend 8, 4 heads) and 2.7x with (32, 4, 2 heads), quiet 2-core CPU.
+  head and query; p (below) is summed per feature a few rows at a time (``SameFeatureSum``), and
+  what follows the majority rule is computed for the carried candidates only. Masking (causal,
+  same document) is an additive -inf bias. A whole training step still costs 3.2x TopK's at
+  d_in 576, d_sae 2304, 2048 tokens with the defaults (k_values 64, n_attend 8, 4 heads; loaded
+  2-core CPU, 2.3x on one thread): a second top-k over d_sae and the 4M candidates remain.
 * **Exact sparsity by majority.** Soft weights smear: a feature on at any attended position would
   get a small carried value. Feature i is carried only where more than half of a head's attention
   sits on positions where it was on; elsewhere c is exactly 0. The rule is parameter-free and
@@ -58,7 +60,7 @@ import torch
 from torch import Tensor, nn
 
 from ctxsae.models.base import ContextualSAE, SAEOutput
-from ctxsae.models.sparse_encoder import dense_pre_acts, encode_topk, one_thread_on_cpu, shifted_pre_acts
+from ctxsae.models.sparse_encoder import OneThread, dense_pre_acts, encode_topk, one_thread_on_cpu, shifted_pre_acts
 from ctxsae.models.topk import TopKConfig, TopKSAE, decode_masked
 from ctxsae.ranges import at_least, between
 
@@ -118,6 +120,42 @@ class SameFeatureSum(torch.autograd.Function):
                 torch.gather(buf_rF, 1, idx_RC, out=out_NC[start:start + rows])
                 buf_rF.zero_()  # faster than zeroing the touched entries (scatter_)
         return out_NC
+
+
+def carry_rule(w_BHTR: Tensor, pos_BHTR: Tensor, uv_BTK: Tensor, ui_BTK: Tensor, g_HF: Tensor,
+               mix_BTF: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``AttentionSAE.context`` given the gains g [H, F] and, with ``value_rank > 0``, the mixed values [B, T, F]."""
+    B, H, T, R = w_BHTR.shape
+    Kv, Fs = ui_BTK.shape[-1], g_HF.shape[-1]
+    device = w_BHTR.device
+    # Candidates: the (feature, value) pairs of the attended positions, [B, H, T, R, Kv], their
+    # features copied as whole rows of Kv. Values are >= 0, so their sign is 1 where a feature was on.
+    rows_N = (pos_BHTR + T * torch.arange(B, device=device).view(B, 1, 1, 1)).reshape(-1)  # b T + s
+    feat_BHTRK = ui_BTK.reshape(B * T, Kv).index_select(0, rows_N).view(B, H, T, R, Kv)
+    on_BHTRK = uv_BTK.detach().reshape(B * T, Kv).index_select(0, rows_N).sign_().view(B, H, T, R, Kv)
+    w_BHTRK = w_BHTR[..., None] * on_BHTRK
+    # p for each candidate: head h's attention on positions where its feature was on.
+    p_BHTRK = SameFeatureSum.apply(w_BHTRK.reshape(B * H * T, -1), feat_BHTRK.reshape(B * H * T, -1), Fs).view_as(w_BHTRK)
+    # Only the carried candidates contribute or pass a gradient on (elsewhere the contribution is 0
+    # and so is its derivative), so the rest is computed for them alone: M of them, in order.
+    carried_M = ((p_BHTRK.detach() > 0.5) & (w_BHTRK.detach() > 0)).view(-1).nonzero().squeeze(1)
+    row_M = carried_M.div(Kv, rounding_mode="floor")  # (b, h, t, r)
+    feat_M = feat_BHTRK.reshape(-1).index_select(0, carried_M)
+    at_M = rows_N.index_select(0, row_M)
+    val_M = uv_BTK.reshape(-1).index_select(0, (at_M * Kv).add_(carried_M.remainder(Kv)))
+    if mix_BTF is not None:
+        val_M = val_M + mix_BTF.reshape(-1).index_select(0, at_M.mul_(Fs).add_(feat_M))
+    head_N = (Fs * torch.arange(H, device=device)).view(1, H, 1, 1).expand(B, -1, T, R).reshape(-1)  # h F
+    query_N = (Fs * torch.arange(B * T, device=device)).view(B, 1, T, 1).expand(-1, H, -1, R).reshape(-1)  # (b T + t) F
+    g_M = g_HF.reshape(-1).index_select(0, head_N.index_select(0, row_M).add_(feat_M))
+    w_M, p_M = (t_BHTRK.reshape(-1).index_select(0, carried_M) for t_BHTRK in (w_BHTRK, p_BHTRK))
+    contrib_M = g_M * w_M * val_M / p_M.clamp_min(0.5)
+    # Sum them into their (position, feature) cells, in the order the heads list them.
+    cells_M = query_N.index_select(0, row_M).add_(feat_M)
+    c_BTF = uv_BTK.new_zeros(B * T * Fs).index_add_(0, cells_M, contrib_M).view(B, T, Fs)
+    carried_BTF = torch.zeros(B * T * Fs, dtype=torch.bool, device=device).index_fill_(0, cells_M, True).view(B, T, Fs)
+    contrib_BHTRK = contrib_M.new_zeros(w_BHTRK.numel()).index_put((carried_M,), contrib_M).view_as(w_BHTRK)
+    return c_BTF, carried_BTF, feat_BHTRK, contrib_BHTRK
 
 
 class AttentionSAE(TopKSAE, ContextualSAE):
@@ -190,40 +228,16 @@ class AttentionSAE(TopKSAE, ContextualSAE):
         """(c [B, T, F], carried [B, T, F] bool: c's support, the candidates' features and contributions
         [B, H, T, R, Kv]) given each head's weights w and positions of its R attended slots and each
         position's values (uv, ui) [B, T, Kv]: the majority rule and c_t of the module docstring.
+
+        Some forty operations on millions of candidates, each too small to gain from a second thread:
+        they run on one (``OneThread``), forward and backward.
         """
-        B, H, T, R = w_BHTR.shape
-        Kv, Fs = ui_BTK.shape[-1], self.d_sae
-        device = w_BHTR.device
-        # Candidates: the (feature, value) pairs of the attended positions, [B, H, T, R, Kv], their
-        # features copied as whole rows of Kv. Values are >= 0, so their sign is 1 where a feature was on.
-        rows_N = (pos_BHTR + T * torch.arange(B, device=device).view(B, 1, 1, 1)).reshape(-1)  # b T + s
-        feat_BHTRK = ui_BTK.reshape(B * T, Kv).index_select(0, rows_N).view(B, H, T, R, Kv)
-        on_BHTRK = uv_BTK.detach().reshape(B * T, Kv).index_select(0, rows_N).sign_().view(B, H, T, R, Kv)
-        w_BHTRK = w_BHTR[..., None] * on_BHTRK
-        # p for each candidate: head h's attention on positions where its feature was on.
-        p_BHTRK = SameFeatureSum.apply(w_BHTRK.reshape(B * H * T, -1), feat_BHTRK.reshape(B * H * T, -1), Fs).view_as(w_BHTRK)
-        # Only the carried candidates contribute or pass a gradient on (elsewhere the contribution is 0
-        # and so is its derivative), so the rest is computed for them alone: M of them, in order.
-        carried_M = ((p_BHTRK.detach() > 0.5) & (w_BHTRK.detach() > 0)).view(-1).nonzero().squeeze(1)
-        row_M = carried_M.div(Kv, rounding_mode="floor")  # (b, h, t, r)
-        feat_M = feat_BHTRK.reshape(-1).index_select(0, carried_M)
-        at_M = rows_N.index_select(0, row_M)
-        val_M = uv_BTK.reshape(-1).index_select(0, (at_M * Kv).add_(carried_M.remainder(Kv)))
+        mix_BTF = None
         if self.value_A is not None:
-            u_BTF = torch.zeros(B, T, Fs, dtype=uv_BTK.dtype, device=device).scatter(-1, ui_BTK, uv_BTK)
+            B, T, _ = uv_BTK.shape
+            u_BTF = torch.zeros(B, T, self.d_sae, dtype=uv_BTK.dtype, device=uv_BTK.device).scatter(-1, ui_BTK, uv_BTK)
             mix_BTF = (u_BTF @ self.value_A) @ self.value_B
-            val_M = val_M + mix_BTF.reshape(-1).index_select(0, at_M.mul_(Fs).add_(feat_M))
-        head_N = (Fs * torch.arange(H, device=device)).view(1, H, 1, 1).expand(B, -1, T, R).reshape(-1)  # h F
-        query_N = (Fs * torch.arange(B * T, device=device)).view(B, 1, T, 1).expand(-1, H, -1, R).reshape(-1)  # (b T + t) F
-        g_M = self.gain().reshape(-1).index_select(0, head_N.index_select(0, row_M).add_(feat_M))
-        w_M, p_M = (t_BHTRK.reshape(-1).index_select(0, carried_M) for t_BHTRK in (w_BHTRK, p_BHTRK))
-        contrib_M = g_M * w_M * val_M / p_M.clamp_min(0.5)
-        # Sum them into their (position, feature) cells, in the order the heads list them.
-        cells_M = query_N.index_select(0, row_M).add_(feat_M)
-        c_BTF = uv_BTK.new_zeros(B * T * Fs).index_add_(0, cells_M, contrib_M).view(B, T, Fs)
-        carried_BTF = torch.zeros(B * T * Fs, dtype=torch.bool, device=device).index_fill_(0, cells_M, True).view(B, T, Fs)
-        contrib_BHTRK = contrib_M.new_zeros(w_BHTRK.numel()).index_put((carried_M,), contrib_M).view_as(w_BHTRK)
-        return c_BTF, carried_BTF, feat_BHTRK, contrib_BHTRK
+        return OneThread.apply(carry_rule, w_BHTR, pos_BHTR, uv_BTK, ui_BTK, self.gain(), mix_BTF)
 
     # -- reading the context pathway ----------------------------------------------------------------
     @torch.no_grad()

@@ -61,6 +61,41 @@ def one_thread_on_cpu(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+class OneThread(torch.autograd.Function):
+    """``fn(*inputs)`` with its forward and backward passes under ``one_thread_on_cpu``.
+
+    For a block of many medium-sized operations (an SAE's context pathway): each would otherwise be
+    split across threads, and on a loaded machine each split can wait a scheduler slice for its
+    second thread. The block runs with its own autograd graph, built in the forward pass and
+    differentiated in the backward pass on one thread: the same operations, so the same values and
+    gradients. ``fn`` returns a tuple of tensors; those that are not floating point carry no gradient.
+    Use ``OneThread.apply(fn, *inputs)``; not twice differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx, fn, *inputs):
+        device = next(x.device for x in inputs if isinstance(x, Tensor))
+        leaves = [x.detach().requires_grad_(x.requires_grad) if isinstance(x, Tensor) else x for x in inputs]
+        with torch.set_grad_enabled(any(ctx.needs_input_grad)), one_thread_on_cpu(device):
+            outputs = fn(*leaves)
+        ctx.device, ctx.leaves, ctx.outputs = device, leaves, outputs
+        ctx.mark_non_differentiable(*(o for o in outputs if not o.is_floating_point()))
+        return tuple(o.detach() for o in outputs)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        leaves, outputs = ctx.leaves, ctx.outputs
+        ctx.leaves = ctx.outputs = None  # the block's graph is spent, as the outer one is
+        pairs = [(o, g) for o, g in zip(outputs, grads) if o.requires_grad and g is not None]
+        wanted = [x for x in leaves if isinstance(x, Tensor) and x.requires_grad]
+        found = [None] * len(wanted)
+        if pairs and wanted:
+            with one_thread_on_cpu(ctx.device):
+                found = torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs], allow_unused=True)
+        found = iter(found)
+        return (None, *(next(found) if isinstance(x, Tensor) and x.requires_grad else None for x in leaves))
+
+
 def transposed_sparse_product(rows_M: Tensor, cols_M: Tensor, vals_M: Tensor, dense_ND: Tensor, n_cols: int) -> Tensor:
     """S^T dense [n_cols, D] for the sparse [N, n_cols] matrix S with entries (rows, cols, vals).
 
