@@ -116,23 +116,33 @@ class SparseDecode(torch.autograd.Function):
     ``idx``/``vals`` flat [M] with ``offsets`` [N] (where each position's entries start) and ``rows``
     [M] (the position of each entry). dL/dW_dec = S^T dL/dout (``transposed_sparse_product``);
     dL/dvals_j = <dL/dout[row_j], W_dec[idx_j]> (ATen's per-sample-weights backward).
+    ``skip_zeros``: entries whose value is exactly 0 (a closed carry, a value not held) add nothing to
+    the output or to dL/dW_dec, so both are formed from the others; every entry still gets dL/dvals.
     """
 
     @staticmethod
-    def forward(ctx, W_dec: Tensor, idx_M: Tensor, vals_M: Tensor, offsets_N: Tensor, rows_M: Tensor) -> Tensor:
-        ctx.save_for_backward(W_dec, idx_M, vals_M, offsets_N, rows_M)
-        return F.embedding_bag(idx_M, W_dec, offsets_N, mode="sum", per_sample_weights=vals_M.to(W_dec.dtype))
+    def forward(ctx, W_dec: Tensor, idx_M: Tensor, vals_M: Tensor, offsets_N: Tensor, rows_M: Tensor,
+                skip_zeros: bool = False) -> Tensor:
+        live = (idx_M, vals_M, offsets_N, rows_M)
+        if skip_zeros:
+            live_L = vals_M.nonzero().squeeze(1)
+            rows_L = rows_M.index_select(0, live_L)
+            counts_N = torch.bincount(rows_L, minlength=len(offsets_N))
+            live = (idx_M.index_select(0, live_L), vals_M.index_select(0, live_L), counts_N.cumsum(0) - counts_N, rows_L)
+        ctx.save_for_backward(W_dec, idx_M, offsets_N, rows_M, *live)
+        idx_L, vals_L, offsets_L, _ = live
+        return F.embedding_bag(idx_L, W_dec, offsets_L, mode="sum", per_sample_weights=vals_L.to(W_dec.dtype))
 
     @staticmethod
     def backward(ctx, grad_ND: Tensor):
-        W_dec, idx_M, vals_M, offsets_N, rows_M = ctx.saved_tensors
+        W_dec, idx_M, offsets_N, rows_M, idx_L, vals_L, _, rows_L = ctx.saved_tensors
         grad_ND = grad_ND.to(W_dec.dtype).contiguous()
-        grad_W = transposed_sparse_product(rows_M, idx_M, vals_M, grad_ND, W_dec.shape[0]) if ctx.needs_input_grad[0] else None
+        grad_W = transposed_sparse_product(rows_L, idx_L, vals_L, grad_ND, W_dec.shape[0]) if ctx.needs_input_grad[0] else None
         grad_vals = None
         if ctx.needs_input_grad[2]:
             grad_vals = torch.ops.aten._embedding_bag_per_sample_weights_backward(
-                grad_ND, W_dec, idx_M, offsets_N, rows_M, 0, -1).to(vals_M.dtype)
-        return grad_W, None, grad_vals, None, None
+                grad_ND, W_dec, idx_M, offsets_N, rows_M, 0, -1).to(vals_L.dtype)
+        return grad_W, None, grad_vals, None, None, None
 
 
 def folded_bias(sae: SAE) -> Tensor:

@@ -130,3 +130,26 @@ def test_one_thread_block_gives_the_values_and_gradients_of_the_plain_block():
     assert all(torch.equal(x, y) for x, y in zip(grads, ref_grads))
     with torch.no_grad():
         assert not OneThread.apply(block, a, b, c, 2.0)[0].requires_grad
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_sparse_decode_skipping_zero_entries_changes_nothing(device):
+    """Entries of value 0 left out of the output and dL/dW_dec: the same values and gradients, and their own
+    gradient (which a closed carry or an unheld value learns from) still formed."""
+    g = torch.Generator().manual_seed(1)
+    W_dec = torch.randn(40, 8, generator=g).to(device).requires_grad_()
+    counts = torch.tensor([3, 0, 5, 1, 2, 7])
+    idx = torch.cat([torch.randperm(40, generator=g)[:c] for c in counts]).to(device)
+    vals = torch.randn(len(idx), generator=g).to(device)
+    vals[::3] = 0.0
+    vals[7:9] = 0.0  # a bag of zeros only
+    vals.requires_grad_()
+    offsets = (counts.cumsum(0) - counts).to(device)
+    target = torch.randn(len(counts), 8, generator=g).to(device)
+    results = []
+    for skip_zeros in (True, False):
+        out = decode_sparse(W_dec, idx, vals, offsets, skip_zeros=skip_zeros)
+        results.append((out, *torch.autograd.grad((out * target).sum(), [W_dec, vals])))
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+    assert results[0][2][vals == 0].ne(0).all()
