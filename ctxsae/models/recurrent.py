@@ -63,44 +63,52 @@ class Trace(NamedTuple):
     """What the step loop decided, time-major; everything the backward pass needs besides lambda."""
 
     idx_TBK: Tensor  # the k entries ranked largest |u - h| at each position (int64)
-    chosen_TBF: Tensor  # bool: entries sent as codes (among idx; a zero difference is not a code)
+    sent_TBK: Tensor  # 1.0 where that entry was sent as a code, 0.0 where its difference was zero (no code)
     a_TBF: Tensor  # effective codes
     z_TBF: Tensor  # novel codes
-    keep_TBF: Tensor  # bool: the held value survived the drop rule at t
+    hold_TBF: Tensor  # lambda_t keep_t (keep: 1.0 where the held value survived the drop rule, else 0.0): h_t = hold_t a_{t-1}
 
 
 @torch.no_grad()
-def select_codes(u_TBF: Tensor, lam_TBF: Tensor, k: int, drop_below: float) -> Trace:
+def select_codes(pre_BTF: Tensor, carry_TB1: Tensor, lam_F: Tensor, k: int, drop_below: float) -> Trace:
     """The step loop of the module docstring, without a graph: codes, effective codes and the choices.
 
-    The values are those of the equations above bit for bit. Only what a step needs from the step
-    before is computed per step (about a dozen [B, F] operations, written into preallocated buffers
-    where they are kept); the novel codes are formed for all positions at once afterwards.
+    ``pre_BTF`` are the encoder's pre-activations (u = their ReLU), ``carry_TB1`` is 1.0 where position t
+    continues the document of t - 1 (lambda acts as 0 elsewhere), in lambda's dtype. The values are
+    those of the equations above bit for bit. A step does what only it can: seven [B, F] operations and
+    the top-k; what changes at the k chosen entries is written there ([B, k] operations), and the novel
+    codes are scattered for all positions at once afterwards. The drop rule is a 0/1 float applied by
+    multiplication: on the CPU ``torch.where`` and ``masked_fill`` run ~10x slower than a multiply,
+    which in a loop of T steps showed. Every value masked is >= 0, so it becomes +0.0, as with ``where``.
     """
-    T, B, F = u_TBF.shape
-    a_TBF, diff_TBF = torch.empty_like(u_TBF), torch.empty_like(u_TBF)
-    drop_TBF = torch.empty_like(u_TBF, dtype=torch.bool)
-    chosen_TBF = torch.zeros_like(u_TBF, dtype=torch.bool)
-    idx_TBK = torch.empty(T, B, k, dtype=torch.long, device=u_TBF.device)
-    a_BF = u_TBF.new_zeros(B, F)
-    age_BF = torch.zeros_like(a_BF)  # lambda^(positions since the held value was set)
-    h_BF, size_BF, size_BK = torch.empty_like(a_BF), torch.empty_like(a_BF), u_TBF.new_empty(B, k)
-    # Scalars as 0-dim tensors, and torch.where rather than masked_fill_: each step's dozen [B, F]
-    # operations are small enough that wrapping a Python scalar, or masked_fill_'s slower kernel, shows.
-    zero, one, drop_at = u_TBF.new_zeros(()), u_TBF.new_ones(()), u_TBF.new_tensor(drop_below)
-    with one_thread_on_cpu(u_TBF.device):
+    B, T, F = pre_BTF.shape
+    a_TBF, hold_TBF = pre_BTF.new_empty(T, B, F), lam_F.new_empty(T, B, F)
+    idx_TBK = torch.empty(T, B, k, dtype=torch.long, device=pre_BTF.device)
+    sent_TBK, diff_TBK = pre_BTF.new_empty(T, B, k), pre_BTF.new_empty(T, B, k)
+    a_BF = pre_BTF.new_zeros(B, F)
+    # lambda^(positions since the value was set). A dropped value's age is not reset: it is below
+    # drop_below already and stays so (lambda <= 1) until a code sets it, so the drops are the same.
+    age_BF = torch.zeros_like(a_BF)
+    u_BF, diff_BF, size_BF = (torch.empty_like(a_BF) for _ in range(3))
+    lam_BF = lam_F.new_empty(B, F)
+    size_BK = pre_BTF.new_empty(B, k)
+    with one_thread_on_cpu(pre_BTF.device):
         for t in range(T):
-            age_BF.mul_(lam_TBF[t])
-            drop_BF = torch.lt(age_BF, drop_at, out=drop_TBF[t])
-            torch.where(drop_BF, zero, torch.mul(lam_TBF[t], a_BF, out=h_BF), out=h_BF)  # lambda a where the value survives, 0 where dropped
-            diff_BF = torch.sub(u_TBF[t], h_BF, out=diff_TBF[t])
+            torch.clamp_min(pre_BTF[:, t], 0, out=u_BF)  # ReLU
+            age_BF.mul_(torch.mul(carry_TB1[t], lam_F, out=lam_BF))
+            hold_BF = torch.ge(age_BF, drop_below, out=hold_TBF[t]).mul_(lam_BF)  # lambda where the value survives, 0 where dropped
+            h_BF = torch.mul(hold_BF, a_BF, out=a_TBF[t])
+            torch.sub(u_BF, h_BF, out=diff_BF)
             _, idx_BK = torch.topk(torch.abs(diff_BF, out=size_BF), k, dim=-1, sorted=False, out=(size_BK, idx_TBK[t]))
-            # A zero difference that makes the top k is no code, and must not re-set the age.
-            chosen_BF = chosen_TBF[t].scatter_(-1, idx_BK, torch.ne(size_BK, zero))
-            torch.where(chosen_BF, one, torch.where(drop_BF, zero, age_BF, out=age_BF), out=age_BF)
-            a_BF = torch.where(chosen_BF, u_TBF[t], h_BF, out=a_TBF[t])
-    z_TBF = torch.where(chosen_TBF, diff_TBF, zero, out=diff_TBF)
-    return Trace(idx_TBK, chosen_TBF, a_TBF, z_TBF, drop_TBF.logical_not_())
+            # A zero difference that makes the top k is no code, and must not re-set the age. Where it
+            # is written into a below anyway, u = h there, so a_t = where(chosen, u_t, h_t) all the same.
+            sent_BK = torch.ne(size_BK, 0, out=sent_TBK[t])
+            age_BF.scatter_(-1, idx_BK, age_BF.gather(-1, idx_BK).mul_(1 - sent_BK).add_(sent_BK))
+            torch.gather(diff_BF, -1, idx_BK, out=diff_TBK[t])
+            a_BF = h_BF.scatter_(-1, idx_BK, u_BF.gather(-1, idx_BK))
+    # + 0.0 turns the -0.0 of a negative difference times 0 into 0.0
+    z_TBF = torch.zeros_like(a_TBF).scatter_(-1, idx_TBK, diff_TBK.mul_(sent_TBK).add_(0.0))
+    return Trace(idx_TBK, sent_TBK, a_TBF, z_TBF, hold_TBF)
 
 
 class Recurrence(torch.autograd.Function):
@@ -111,41 +119,44 @@ class Recurrence(torch.autograd.Function):
 
         G_t = dL_t/da_t - lambda_{t+1} keep_{t+1} chosen_{t+1} dL/dz_{t+1}  +  lambda_{t+1} keep_{t+1} ~chosen_{t+1} G_{t+1},
 
-    one fused multiply-add per position in reverse; everything else is computed for all positions
-    at once. lambda's gradient passes straight through the drop (dh_t/dlambda = a_{t-1} whether or
-    not the value was dropped), as documented above.
+    one fused multiply-add per position in reverse, after G_{t+1} has been read at its chosen entries
+    (the targets' gradient) and zeroed there (which leaves dL/dh_{t+1}, ~chosen G_{t+1}). The rest is
+    computed for all positions at once, at the k chosen entries where only those matter. lambda's
+    gradient passes straight through the drop (dh_t/dlambda = a_{t-1} whether or not the value was
+    dropped), as documented above.
     """
 
     @staticmethod
     def forward(ctx, u_TBK: Tensor, lam_F: Tensor, carry_TB1: Tensor, trace: Trace):
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(lam_F, carry_TB1, *trace)
+        ctx.save_for_backward(carry_TB1, trace.idx_TBK, trace.sent_TBK, trace.a_TBF, trace.hold_TBF)
         return trace.a_TBF, trace.z_TBF
 
     @staticmethod
     def backward(ctx, grad_a_TBF: Tensor | None, grad_z_TBF: Tensor | None):
-        lam_F, carry_TB1, idx_TBK, chosen_TBF, a_TBF, _, keep_TBF = ctx.saved_tensors
+        carry_TB1, idx_TBK, sent_TBK, a_TBF, hold_TBF = ctx.saved_tensors
         T = a_TBF.shape[0]
-        lam_TBF = carry_TB1 * lam_F
+        held_TBK = 1 - sent_TBK
         G_TBF = torch.zeros_like(a_TBF) if grad_a_TBF is None else grad_a_TBF.clone()
-        if grad_z_TBF is not None:
-            grad_z_TBF = grad_z_TBF.masked_fill(~chosen_TBF, 0.0)
-            G_TBF[:-1] -= (lam_TBF[1:] * keep_TBF[1:]) * grad_z_TBF[1:]  # dh_t/da_{t-1} = lambda_t keep_t
-        zero = a_TBF.new_zeros(())
-        through_TBF = torch.where(chosen_TBF, zero, lam_TBF.mul_(keep_TBF), out=lam_TBF)  # a_{t-1} reaches a_t only where nothing is sent
+        grad_u_TBK = torch.empty_like(sent_TBK)
+        grad_z_TBK = None
+        if grad_z_TBF is not None:  # z is zero off the chosen entries, and so is what its gradient reaches
+            grad_z_TBK = grad_z_TBF.gather(-1, idx_TBK).mul_(sent_TBK)
+            hold_TBK = hold_TBF[1:].gather(-1, idx_TBK[1:])
+            G_TBF[:-1].scatter_(-1, idx_TBK[1:], G_TBF[:-1].gather(-1, idx_TBK[1:]).sub_(hold_TBK.mul_(grad_z_TBK[1:])))
         with one_thread_on_cpu(G_TBF.device):
-            for t in reversed(range(T - 1)):
-                torch.addcmul(G_TBF[t], through_TBF[t + 1], G_TBF[t + 1], out=G_TBF[t])
-        # The targets receive dL/da + dL/dz where they were sent, and only their chosen entries are
-        # returned, so they are read at the k entries, not formed as [T, B, F].
-        grad_u_TBK = G_TBF.gather(-1, idx_TBK)
-        if grad_z_TBF is not None:
-            grad_u_TBK += grad_z_TBF.gather(-1, idx_TBK)
-        grad_u_TBK.masked_fill_(~chosen_TBF.gather(-1, idx_TBK), 0.0)
-        grad_h_TBF = torch.where(chosen_TBF, zero, G_TBF, out=G_TBF)
-        if grad_z_TBF is not None:
-            grad_h_TBF -= grad_z_TBF
-        grad_lam_F = grad_h_TBF[1:].mul_(a_TBF[:-1]).mul_(carry_TB1[1:]).sum((0, 1))
+            for t in reversed(range(T)):
+                if t < T - 1:
+                    torch.addcmul(G_TBF[t], hold_TBF[t + 1], G_TBF[t + 1], out=G_TBF[t])
+                torch.gather(G_TBF[t], -1, idx_TBK[t], out=grad_u_TBK[t])
+                G_TBF[t].scatter_(-1, idx_TBK[t], grad_u_TBK[t] * held_TBK[t])
+        # The targets receive dL/da + dL/dz where they were sent; only their chosen entries are returned.
+        if grad_z_TBK is not None:
+            grad_u_TBK += grad_z_TBK
+            G_TBF.scatter_(-1, idx_TBK, G_TBF.gather(-1, idx_TBK).sub_(grad_z_TBK))  # dL/dh = -dL/dz where sent
+        grad_u_TBK.mul_(sent_TBK)
+        # dh_t/dlambda = a_{t-1} where t continues the document, else 0.
+        grad_lam_F = G_TBF[1:].mul_(a_TBF[:-1]).mul_(carry_TB1[1:]).sum((0, 1))
         return grad_u_TBK, grad_lam_F, None, None
 
 
@@ -182,12 +193,11 @@ class RecurrentSAE(TopKSAE, ContextualSAE):
         B, T, _ = x_BTD.shape
         pre_BTF, b_F = dense_pre_acts(self, x_BTD)
         # Context enters position t only if t continues the document of t - 1 (never at t = 0).
-        carry_TB1 = ~doc_start_BT.T[..., None]
         lam_F = self.retention()
-        # Which entries are sent is decided without a graph (time-major: each step reads one contiguous
+        carry_TB1 = (~doc_start_BT.T[..., None]).to(lam_F.dtype)
+        # Which entries are sent is decided without a graph (time-major: each step writes one contiguous
         # slice); the gradient then flows through the chosen entries only, encoder included.
-        u_TBF = pre_BTF.relu().transpose(0, 1).contiguous()
-        trace = select_codes(u_TBF, carry_TB1 * lam_F.detach(), self.cfg.k, self.cfg.drop_below)  # lambda 0 across a document start
+        trace = select_codes(pre_BTF, carry_TB1, lam_F.detach(), self.cfg.k, self.cfg.drop_below)
         idx_BTK = trace.idx_TBK.transpose(0, 1)
         u_BTK, pre_BTF = select(self, x_BTD, b_F, pre_BTF, row_offsets(idx_BTK, self.d_sae))
         a_TBF, z_TBF = Recurrence.apply(u_BTK.relu().transpose(0, 1), lam_F, carry_TB1, trace)
@@ -195,10 +205,9 @@ class RecurrentSAE(TopKSAE, ContextualSAE):
         # is what makes decoding cheap (as in TopK), but an entry that is 0 only because its previous
         # value was not held must still receive its gradient, which tells the retention whether
         # holding would have helped.
-        active_TBF = a_TBF != 0
-        carriable_TBF = torch.zeros_like(active_TBF)
-        carriable_TBF[1:] = active_TBF[:-1] & carry_TB1[1:]
-        recon_TBD = decode_masked(self.W_dec, a_TBF, active_TBF | carriable_TBF) + self.b_dec
+        support_TBF = a_TBF.detach() != 0
+        support_TBF[1:] |= support_TBF[:-1] & carry_TB1[1:].bool()
+        recon_TBD = decode_masked(self.W_dec, a_TBF, support_TBF) + self.b_dec
         return SAEOutput(
             z_TBF.transpose(0, 1), a_TBF.transpose(0, 1), recon_TBD.transpose(0, 1), pre_BTF,
             {"retention": lam_F.detach()},

@@ -61,6 +61,41 @@ def one_thread_on_cpu(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+class OneThread(torch.autograd.Function):
+    """``fn(*inputs)`` with its forward and backward passes under ``one_thread_on_cpu``.
+
+    For a block of many medium-sized operations (an SAE's context pathway): each would otherwise be
+    split across threads, and on a loaded machine each split can wait a scheduler slice for its
+    second thread. The block runs with its own autograd graph, built in the forward pass and
+    differentiated in the backward pass on one thread: the same operations, so the same values and
+    gradients. ``fn`` returns a tuple of tensors; those that are not floating point carry no gradient.
+    Use ``OneThread.apply(fn, *inputs)``; not twice differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx, fn, *inputs):
+        device = next(x.device for x in inputs if isinstance(x, Tensor))
+        leaves = [x.detach().requires_grad_(x.requires_grad) if isinstance(x, Tensor) else x for x in inputs]
+        with torch.set_grad_enabled(any(ctx.needs_input_grad)), one_thread_on_cpu(device):
+            outputs = fn(*leaves)
+        ctx.device, ctx.leaves, ctx.outputs = device, leaves, outputs
+        ctx.mark_non_differentiable(*(o for o in outputs if not o.is_floating_point()))
+        return tuple(o.detach() for o in outputs)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        leaves, outputs = ctx.leaves, ctx.outputs
+        ctx.leaves = ctx.outputs = None  # the block's graph is spent, as the outer one is
+        pairs = [(o, g) for o, g in zip(outputs, grads) if o.requires_grad and g is not None]
+        wanted = [x for x in leaves if isinstance(x, Tensor) and x.requires_grad]
+        found = [None] * len(wanted)
+        if pairs and wanted:
+            with one_thread_on_cpu(ctx.device):
+                found = torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs], allow_unused=True)
+        found = iter(found)
+        return (None, *(next(found) if isinstance(x, Tensor) and x.requires_grad else None for x in leaves))
+
+
 def transposed_sparse_product(rows_M: Tensor, cols_M: Tensor, vals_M: Tensor, dense_ND: Tensor, n_cols: int) -> Tensor:
     """S^T dense [n_cols, D] for the sparse [N, n_cols] matrix S with entries (rows, cols, vals).
 
@@ -81,23 +116,33 @@ class SparseDecode(torch.autograd.Function):
     ``idx``/``vals`` flat [M] with ``offsets`` [N] (where each position's entries start) and ``rows``
     [M] (the position of each entry). dL/dW_dec = S^T dL/dout (``transposed_sparse_product``);
     dL/dvals_j = <dL/dout[row_j], W_dec[idx_j]> (ATen's per-sample-weights backward).
+    ``skip_zeros``: entries whose value is exactly 0 (a closed carry, a value not held) add nothing to
+    the output or to dL/dW_dec, so both are formed from the others; every entry still gets dL/dvals.
     """
 
     @staticmethod
-    def forward(ctx, W_dec: Tensor, idx_M: Tensor, vals_M: Tensor, offsets_N: Tensor, rows_M: Tensor) -> Tensor:
-        ctx.save_for_backward(W_dec, idx_M, vals_M, offsets_N, rows_M)
-        return F.embedding_bag(idx_M, W_dec, offsets_N, mode="sum", per_sample_weights=vals_M.to(W_dec.dtype))
+    def forward(ctx, W_dec: Tensor, idx_M: Tensor, vals_M: Tensor, offsets_N: Tensor, rows_M: Tensor,
+                skip_zeros: bool = False) -> Tensor:
+        live = (idx_M, vals_M, offsets_N, rows_M)
+        if skip_zeros:
+            live_L = vals_M.nonzero().squeeze(1)
+            rows_L = rows_M.index_select(0, live_L)
+            counts_N = torch.bincount(rows_L, minlength=len(offsets_N))
+            live = (idx_M.index_select(0, live_L), vals_M.index_select(0, live_L), counts_N.cumsum(0) - counts_N, rows_L)
+        ctx.save_for_backward(W_dec, idx_M, offsets_N, rows_M, *live)
+        idx_L, vals_L, offsets_L, _ = live
+        return F.embedding_bag(idx_L, W_dec, offsets_L, mode="sum", per_sample_weights=vals_L.to(W_dec.dtype))
 
     @staticmethod
     def backward(ctx, grad_ND: Tensor):
-        W_dec, idx_M, vals_M, offsets_N, rows_M = ctx.saved_tensors
+        W_dec, idx_M, offsets_N, rows_M, idx_L, vals_L, _, rows_L = ctx.saved_tensors
         grad_ND = grad_ND.to(W_dec.dtype).contiguous()
-        grad_W = transposed_sparse_product(rows_M, idx_M, vals_M, grad_ND, W_dec.shape[0]) if ctx.needs_input_grad[0] else None
+        grad_W = transposed_sparse_product(rows_L, idx_L, vals_L, grad_ND, W_dec.shape[0]) if ctx.needs_input_grad[0] else None
         grad_vals = None
         if ctx.needs_input_grad[2]:
             grad_vals = torch.ops.aten._embedding_bag_per_sample_weights_backward(
-                grad_ND, W_dec, idx_M, offsets_N, rows_M, 0, -1).to(vals_M.dtype)
-        return grad_W, None, grad_vals, None, None
+                grad_ND, W_dec, idx_M, offsets_N, rows_M, 0, -1).to(vals_L.dtype)
+        return grad_W, None, grad_vals, None, None, None
 
 
 def folded_bias(sae: SAE) -> Tensor:

@@ -43,13 +43,14 @@ def topk_relu(pre_NF: Tensor, k: int) -> tuple[Tensor, Tensor]:
     return vals.relu(), idx
 
 
-def decode_sparse(W_dec: Tensor, idx: Tensor, vals: Tensor, offsets: Tensor | None = None) -> Tensor:
+def decode_sparse(W_dec: Tensor, idx: Tensor, vals: Tensor, offsets: Tensor | None = None, skip_zeros: bool = False) -> Tensor:
     """Per position, sum_j vals_j * W_dec[idx_j]: the decoder applied to codes given as (index, value).
 
     ``idx``/``vals`` are [N, k], or flat with ``offsets`` [N] marking where each position's entries
     start. Costs O(N k d_in) instead of O(N d_sae d_in) for ``codes @ W_dec``, forward and backward
     (``SparseDecode``). Fwd+bwd at 4096 tokens, d_in 576, d_sae 4608, k 32 on 2 CPU threads: the
     decode 5-13x faster than dense, the whole TopK step 2-4x (0.11-0.14 s vs 0.43-0.46 s).
+    ``skip_zeros``: entries of value exactly 0 only receive their gradient (``SparseDecode``).
     """
     if offsets is None:
         N, k = idx.shape
@@ -59,20 +60,22 @@ def decode_sparse(W_dec: Tensor, idx: Tensor, vals: Tensor, offsets: Tensor | No
     else:
         counts = torch.diff(offsets, append=offsets.new_tensor([len(idx)]))
         rows = torch.arange(len(offsets), device=idx.device).repeat_interleave(counts)
-    return SparseDecode.apply(W_dec, idx, vals, offsets, rows)
+    return SparseDecode.apply(W_dec, idx, vals, offsets, rows, skip_zeros)
 
 
 def decode_masked(W_dec: Tensor, codes_BTF: Tensor, mask_BTF: Tensor) -> Tensor:
     """codes W_dec [B, T, D] from the entries under ``mask`` only (their number varies by position).
 
     The mask, not codes != 0, says which entries take part: an entry that is exactly 0 but could
-    have been non-zero (a closed carry, a value not held) must still pass its gradient on.
+    have been non-zero (a closed carry, a value not held) must still pass its gradient on; it costs
+    nothing else (``skip_zeros``).
     """
-    mask_NF = mask_BTF.flatten(0, 1)
-    row, col = mask_NF.nonzero(as_tuple=True)
-    counts_N = mask_NF.sum(-1)
-    out_ND = decode_sparse(W_dec, col, codes_BTF.flatten(0, 1)[row, col], counts_N.cumsum(0) - counts_N)
-    return out_ND.view(*codes_BTF.shape[:2], -1)
+    B, T, F = codes_BTF.shape
+    flat_M = mask_BTF.reshape(-1).nonzero().squeeze(1)  # flat, then split: about half the time of a 2-D nonzero on the CPU
+    row_M, col_M = flat_M // F, flat_M % F
+    counts_N = torch.bincount(row_M, minlength=B * T)
+    out_ND = decode_sparse(W_dec, col_M, codes_BTF.reshape(-1).take(flat_M), counts_N.cumsum(0) - counts_N, skip_zeros=True)
+    return out_ND.view(B, T, -1)
 
 
 class TopKSAE(SAE):

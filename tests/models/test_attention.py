@@ -39,6 +39,58 @@ def windows(dtype=torch.float64, seed=1):
     return x
 
 
+def reference_context(sae: AttentionSAE, w_BHTR, pos_BHTR, uv_BTK, ui_BTK):
+    """``AttentionSAE.context`` as first written: dense [B H T, F] sums for p, every candidate through
+    ``torch.where``, and per-position scatters into c. The definition the fast path must match."""
+    B, H, T, R = w_BHTR.shape
+    Kv, Fs = ui_BTK.shape[-1], sae.d_sae
+    at_pos = pos_BHTR.reshape(B, -1, 1).expand(-1, -1, Kv)
+    feat_BHTRK = ui_BTK.gather(1, at_pos).view(B, H, T, R, Kv)
+    val_BHTRK = uv_BTK.gather(1, at_pos).view(B, H, T, R, Kv)
+    w_BHTRK = w_BHTR[..., None] * (val_BHTRK > 0)
+    if sae.value_A is not None:
+        u_BTF = torch.zeros(B, T, Fs, dtype=uv_BTK.dtype).scatter(-1, ui_BTK, uv_BTK)
+        mix_BTF = (u_BTF @ sae.value_A) @ sae.value_B
+        at_flat = (pos_BHTR[..., None] * Fs + feat_BHTRK).reshape(B, -1)
+        val_BHTRK = val_BHTRK + mix_BTF.reshape(B, -1).gather(1, at_flat).view_as(val_BHTRK)
+    idx_NC, w_NC = feat_BHTRK.reshape(B * H * T, -1), w_BHTRK.reshape(B * H * T, -1)
+    p_BHTRK = w_NC.new_zeros(B * H * T, Fs).scatter_add(1, idx_NC, w_NC).gather(1, idx_NC).view_as(w_BHTRK)
+    carry_BHTRK = (p_BHTRK > 0.5) & (w_BHTRK > 0)
+    g_BHTRK = sae.gain().gather(1, feat_BHTRK.transpose(0, 1).reshape(H, -1)).view(H, B, T, R, Kv).transpose(0, 1)
+    contrib_BHTRK = torch.where(carry_BHTRK, g_BHTRK * w_BHTRK * val_BHTRK / p_BHTRK.clamp_min(0.5), 0.0)
+    feat_BTC = feat_BHTRK.transpose(1, 2).reshape(B, T, -1)
+    c_BTF = uv_BTK.new_zeros(B, T, Fs).scatter_add(-1, feat_BTC, contrib_BHTRK.transpose(1, 2).reshape(B, T, -1))
+    carried_BTF = torch.zeros_like(c_BTF).scatter_add(-1, feat_BTC, carry_BHTRK.transpose(1, 2).reshape(B, T, -1).to(c_BTF.dtype)) > 0
+    return c_BTF, carried_BTF, feat_BHTRK, contrib_BHTRK
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("value_rank", [0, 3])
+def test_context_matches_the_reference_form_exactly(dtype, value_rank):
+    """Values and gradients bit for bit: the fast path sums the same terms in the same order."""
+    sae = open_sae(dtype, value_rank).train()
+    g = torch.Generator().manual_seed(2)
+    Bc, H, Tc, R, Kv = 4, sae.cfg.n_heads, 40, 5, 12
+    uv_BTK = (torch.rand(Bc, Tc, Kv, generator=g, dtype=dtype) - 0.2).relu().requires_grad_()  # some values 0: off
+    ui_BTK = torch.stack([torch.randperm(F // 4, generator=g)[:Kv] for _ in range(Bc * Tc)]).view(Bc, Tc, Kv)  # features recur
+    pos_BHTR = torch.randint(0, Tc, (Bc, H, Tc, R), generator=g)
+    w_BHTR = torch.rand(Bc, H, Tc, R, generator=g, dtype=dtype).pow(3)
+    w_BHTR = (w_BHTR / w_BHTR.sum(-1, keepdim=True)).requires_grad_()  # weights of 0 (masked slots) included below
+    with torch.no_grad():
+        w_BHTR[:, :, :3, -2:] = 0
+    params = [p for p in (sae.head_logit, sae.carry_logit, sae.value_A, sae.value_B) if p is not None]
+    grads = []
+    for context in (sae.context, lambda *a: reference_context(sae, *a)):
+        c, carried, feat, contrib = context(w_BHTR, pos_BHTR, uv_BTK, ui_BTK)
+        weights = torch.randn(c.shape, generator=torch.Generator().manual_seed(3), dtype=dtype)
+        loss = (weights * c).sum() + contrib.pow(2).sum()
+        grads.append(([c, carried, feat, contrib], torch.autograd.grad(loss, [w_BHTR, uv_BTK, *params])))
+    (fast, fast_grads), (ref, ref_grads) = grads
+    assert ref[1].any() and not ref[1].all()  # some cells carried, not all
+    for a, b in zip(fast + list(fast_grads), ref + list(ref_grads)):
+        assert torch.equal(a, b)
+
+
 def test_config_builds_the_model():
     sae = build_sae(OmegaConf.structured(AttentionConfig(d_in=D, d_sae=F, k=K, n_heads=2, d_head=4)))
     assert isinstance(sae, AttentionSAE) and sae.cfg.k == K and sae.W_q.shape == (D, 8)

@@ -212,10 +212,13 @@ def reference_forward(sae: RecurrentSAE, x_BTD, doc_start_BT):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("codes_in_loss", [True, False])
-def test_fast_step_loop_matches_the_reference_loop_exactly(dtype, codes_in_loss):
+@pytest.mark.parametrize("drop_below", [0.1, 0.0, 0.6])
+def test_fast_step_loop_matches_the_reference_loop_exactly(dtype, codes_in_loss, drop_below):
     """Values bit for bit, gradients (of the reconstruction, the codes unless left out as a TopK loss leaves
-    them, and AuxK's pre-activations) to rounding."""
+    them, and AuxK's pre-activations) to rounding; with the drop rule off (0.0: only document starts
+    cut a held value) and acting after one step of the decaying latents (0.6)."""
     sae, x = mixed_sae(dtype).train(), windows(dtype)
+    sae.cfg.drop_below = drop_below
     with torch.no_grad():
         sae.retention_raw[1::3] = 0.95 / sae.cfg.retention_speed  # decays slowly enough for the drop rule to act mid-run
     doc_start = torch.zeros(B, T, dtype=torch.bool)

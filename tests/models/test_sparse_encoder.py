@@ -8,7 +8,7 @@ from ctxsae.models import attention
 from ctxsae.models.attention import AttentionSAE
 from ctxsae.models.batchtopk import BatchTopKSAE
 from ctxsae.models.recurrent import RecurrentSAE
-from ctxsae.models.sparse_encoder import SelectedPreActs, dense_pre_acts
+from ctxsae.models.sparse_encoder import OneThread, SelectedPreActs, dense_pre_acts
 from ctxsae.models.tfa import TFASAE
 from ctxsae.models.topk import TopKSAE, decode_sparse
 
@@ -106,3 +106,50 @@ def test_sparse_decode_matches_embedding_bag_autograd_with_uneven_and_empty_bags
     assert torch.equal(out, ref)
     for a, b in zip(grads, ref_grads):
         assert_close(a, b)
+
+
+def test_one_thread_block_gives_the_values_and_gradients_of_the_plain_block():
+    """OneThread runs the same operations: equal values and gradients, a gradient only where one is needed,
+    integer outputs without one, and the thread count restored."""
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(6, 5, generator=g).requires_grad_(), torch.randn(5, generator=g)
+    c = torch.randn(5, generator=g).requires_grad_()
+
+    def block(a, b, c, scale):
+        y = (a * b).relu() @ c.exp() * scale
+        return y, (y > 0).long(), a.sum(0) / c
+
+    threads = torch.get_num_threads()
+    out = OneThread.apply(block, a, b, c, 2.0)
+    ref = block(a, b, c, 2.0)
+    assert torch.get_num_threads() == threads
+    assert all(torch.equal(o, r) for o, r in zip(out, ref)) and not out[1].requires_grad
+    weights = torch.randn(5, generator=g)
+    grads = torch.autograd.grad(out[0].sum() + (weights * out[2]).sum(), [a, c])
+    ref_grads = torch.autograd.grad(ref[0].sum() + (weights * ref[2]).sum(), [a, c])
+    assert all(torch.equal(x, y) for x, y in zip(grads, ref_grads))
+    with torch.no_grad():
+        assert not OneThread.apply(block, a, b, c, 2.0)[0].requires_grad
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_sparse_decode_skipping_zero_entries_changes_nothing(device):
+    """Entries of value 0 left out of the output and dL/dW_dec: the same values and gradients, and their own
+    gradient (which a closed carry or an unheld value learns from) still formed."""
+    g = torch.Generator().manual_seed(1)
+    W_dec = torch.randn(40, 8, generator=g).to(device).requires_grad_()
+    counts = torch.tensor([3, 0, 5, 1, 2, 7])
+    idx = torch.cat([torch.randperm(40, generator=g)[:c] for c in counts]).to(device)
+    vals = torch.randn(len(idx), generator=g).to(device)
+    vals[::3] = 0.0
+    vals[7:9] = 0.0  # a bag of zeros only
+    vals.requires_grad_()
+    offsets = (counts.cumsum(0) - counts).to(device)
+    target = torch.randn(len(counts), 8, generator=g).to(device)
+    results = []
+    for skip_zeros in (True, False):
+        out = decode_sparse(W_dec, idx, vals, offsets, skip_zeros=skip_zeros)
+        results.append((out, *torch.autograd.grad((out * target).sum(), [W_dec, vals])))
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+    assert results[0][2][vals == 0].ne(0).all()
