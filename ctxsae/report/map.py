@@ -53,10 +53,11 @@ BOUNDS = {
     "onset_precision_code": "regions/kind/code/onset_precision",
     "onset_recall_code": "regions/kind/code/onset_recall",
     "switch_boundary_auroc": "language_switch/boundary_auroc_heldout",
+    "language_auroc": "language_switch/language_auroc_heldout",
 }
 
 RUN_COLUMNS = ("arm", "fvu", "l0", "l0_effective", "l0_ratio", "l0_effective_ratio", "ce_recovered", "ce_delta",
-               "flicker", "onset_precision_code", "switch_auroc", "already_active", "changed_share", "held_share", "fvu_held",
+               "flicker", "onset_precision_code", "switch_auroc", "language_auroc", "already_active", "changed_share", "held_share", "fvu_held",
                "residual_var_document")
 CELL_COLUMNS = ("cell", "topk_fvu", "changed_share", "held_share", "region_var_document", "region_var_block",
                 "region_l0_ratio", "residual_var_document", "residual_l0_ratio", "best_arm", "l0_ratio", "l0_effective_ratio",
