@@ -34,6 +34,12 @@ rho_{s(t)} gathered from the position s(t) it was sent at, so the reconstruction
 position it is held for trains the region encoder. The token encoder reads the region's
 reconstruction as a given input (detached): the region latents learn to reconstruct, the token
 latents learn what is left.
+
+What it found (README, "The map"). On SmolLM2 at layers 16 and 24 the region latents became region
+features (language is read off the effective codes far better than off TopK's) and carried ~9% of
+the reconstruction's energy, but the token latents stopped carrying that part instead of coding
+anything new: FVU, CE and novel L0 equal TopK's at every k. The running mean of TopK's own residual
+explains under 1% of the variance there: the region offset was already in the token latents.
 """
 
 from __future__ import annotations
@@ -43,9 +49,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from ctxsae.errors import UserError
 from ctxsae.models.base import ContextualSAE, SAEOutput
 from ctxsae.models.recurrent import RecurrentSAE
-from ctxsae.models.sparse_encoder import dense_pre_acts, encode_topk, one_thread_on_cpu
+from ctxsae.models.sparse_encoder import dense_pre_acts, encode_topk, folded_bias, one_thread_on_cpu
 from ctxsae.models.topk import TopKConfig, TopKSAE, decode_sparse
 from ctxsae.ranges import at_least, between
 
@@ -65,7 +72,7 @@ def running_mean(x_BTD: Tensor, doc_start_BT: Tensor) -> Tensor:
     there: that difference would carry the rounding of the earlier document into the next one,
     and document resets are tested bit for bit.
     """
-    B, T, _ = x_BTD.shape
+    T = x_BTD.shape[1]
     sum_BTD = torch.empty_like(x_BTD)
     sum_BD = x_BTD[:, 0]
     with one_thread_on_cpu(x_BTD.device):
@@ -107,7 +114,8 @@ class RegionSAE(TopKSAE, ContextualSAE):
 
     def __init__(self, cfg: RegionConfig):
         if cfg.d_sae - cfg.d_region < cfg.k:
-            raise ValueError(f"d_sae - d_region = {cfg.d_sae - cfg.d_region} token latents, fewer than k = {cfg.k}")
+            raise UserError(f"model.d_sae - model.d_region = {cfg.d_sae - cfg.d_region} token latents, fewer than model.k = {cfg.k}:"
+                            " lower model.d_region or model.k")
         super().__init__(cfg)
 
     def forward(self, x_BTD: Tensor, doc_start_BT: Tensor) -> SAEOutput:
@@ -115,8 +123,7 @@ class RegionSAE(TopKSAE, ContextualSAE):
         so that ``attribute`` reads them as the recurrent SAE's."""
         B, T, _ = x_BTD.shape
         n_token = self.d_sae - self.cfg.d_region
-        region_b = (self.b_enc - self.b_dec @ self.W_enc)[n_token:]
-        region_pre_BTR = running_mean(x_BTD, doc_start_BT) @ self.W_enc[:, n_token:] + region_b
+        region_pre_BTR = running_mean(x_BTD, doc_start_BT) @ self.W_enc[:, n_token:] + folded_bias(self)[n_token:]
         rho_BTR = region_pre_BTR.relu()
         source_BTR = sent_at(rho_BTR.detach().transpose(0, 1), doc_start_BT.T, self.cfg.resend_above).transpose(0, 1)
         # r_t = rho at the position it was sent from (a zero in front stands for "nothing sent yet").

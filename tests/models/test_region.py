@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from ctxsae.data.synthetic import SyntheticConfig, generate
+from ctxsae.errors import UserError
 from ctxsae.metrics.basic import fvu, l0
 from ctxsae.models.base import window_starts
 from ctxsae.models.region import RegionConfig, RegionSAE, running_mean
@@ -81,6 +82,11 @@ def test_without_region_latents_it_is_topk():
     for a, b in zip(out[:4], ref[:4]):
         assert torch.equal(a, b)
     assert sae.context_stats(out)["context_energy_share"] == 0
+
+
+def test_too_few_token_latents_is_one_line_naming_the_fix():
+    with pytest.raises(UserError, match="lower model.d_region or model.k"):
+        RegionSAE(RegionConfig(d_in=8, d_sae=16, k=4, d_region=14))
 
 
 def test_strictly_causal(rules):
