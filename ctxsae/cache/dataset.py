@@ -15,7 +15,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ctxsae.cache.store import ActivationCache
-from ctxsae.data.windows import TokenLabels, loss_mask
+from ctxsae.data.windows import TokenLabels, context_starts, loss_mask
 
 
 class Windows(NamedTuple):
@@ -29,15 +29,8 @@ class Windows(NamedTuple):
 
     @property
     def context_start_BT(self) -> Tensor:
-        """Where an SAE's context (re)starts: every document start, and every kept position right after a left-out one.
-
-        This, not ``doc_start_BT``, is what SAEs are called with. The positions the mask leaves out (the
-        attention sink at a window start, whose norm at deep layers is ~50x the others') then reach no
-        kept position through a contextual SAE's context, as they reach none through the loss.
-        """
-        start_BT = self.doc_start_BT.clone()
-        start_BT[:, 1:] |= self.mask_BT[:, 1:] & ~self.mask_BT[:, :-1]
-        return start_BT
+        """Where an SAE's context (re)starts (``context_starts``): what SAEs are called with, not ``doc_start_BT``."""
+        return context_starts(self.doc_start_BT, self.mask_BT)
 
     def to(self, device) -> Windows:
         """The batch on ``device``, labels included."""

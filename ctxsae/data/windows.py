@@ -188,6 +188,19 @@ def loss_mask(doc_start_NT: Tensor, exclude_first: int = 1) -> Tensor:
     return mask
 
 
+def context_starts(doc_start_NT: Tensor, mask_NT: Tensor) -> Tensor:
+    """bool ``[N, T]``: where an SAE's context (re)starts: every document start, and every kept position right
+    after a left-out one.
+
+    SAEs are called with these rather than the document starts. The positions the mask leaves out
+    (the attention sink at a window start, whose norm at deep layers is ~50x the others') then
+    reach no kept position through a contextual SAE's context, as they reach none through the loss.
+    """
+    start_NT = doc_start_NT.clone()
+    start_NT[:, 1:] |= mask_NT[:, 1:] & ~mask_NT[:, :-1]
+    return start_NT
+
+
 def token_texts(tokenizer, ids: list[int]) -> list[str]:
     """Each position's text. A character split over several tokens is shown at the token that completes it.
 

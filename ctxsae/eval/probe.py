@@ -9,6 +9,7 @@ import torch
 
 from ctxsae.data.debian_reference import parallel_switch_texts
 from ctxsae.data.text import SwitchText, language_switch_windows, segment_switch_texts
+from ctxsae.data.windows import context_starts
 from ctxsae.errors import UserError
 from ctxsae.eval.config import EvalConfig, ProbeConfig
 from ctxsae.eval.stages import UNSEEN, Stage
@@ -23,13 +24,15 @@ class ProbeCodes(NamedTuple):
 
 
 @torch.no_grad()
-def probe_codes(sae: SAE, extractor, tokens_NT: torch.Tensor, batch_windows: int,
+def probe_codes(sae: SAE, extractor, windows: SwitchWindows, batch_windows: int,
                 stage: Stage = UNSEEN) -> tuple[torch.Tensor, torch.Tensor]:
     device = next(sae.parameters()).device
     codes, effective = [], []
-    for ids in tokens_NT.split(batch_windows):
+    # One document a window (the SAE sees language A before the switch), its context starting after the BOS.
+    starts_NT = context_starts(window_starts(*windows.tokens_NT.shape), windows.valid_NT)
+    for ids, starts in zip(windows.tokens_NT.split(batch_windows), starts_NT.split(batch_windows)):
         x = sae.normalize(extractor(ids).to(device))
-        out = sae(x, window_starts(*ids.shape, device=device))  # one document: the SAE sees language A before the switch
+        out = sae(x, starts.to(device))
         codes.append(out.codes.cpu())
         effective.append(out.effective_codes.cpu())
         stage.advance(len(ids))
@@ -57,5 +60,5 @@ def language_switch(sae: SAE, cfg: EvalConfig, extractor, n_ctx: int, stage: Sta
     if n_switch < 4 or n_switch == len(sw.control_N):
         raise UserError(f"language-switch probe: only {n_switch} usable switch window(s): raise probe.n_windows or data.n_ctx")
     stage.expect(len(sw.tokens_NT))  # switch and control windows: known once the texts are tokenised
-    codes, effective = probe_codes(sae, extractor, sw.tokens_NT, cfg.batch_windows, stage)
+    codes, effective = probe_codes(sae, extractor, sw, cfg.batch_windows, stage)
     return switch_probe(codes, effective, sw), ProbeCodes(sw, codes, effective)
