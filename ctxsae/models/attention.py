@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from ctxsae.models.base import ContextualSAE, SAEOutput
+from ctxsae.models.base import ContextualSAE, SAEOutput, context_energy_share
 from ctxsae.models.sparse_encoder import OneThread, dense_pre_acts, encode_topk, one_thread_on_cpu, shifted_pre_acts
 from ctxsae.models.topk import TopKConfig, TopKSAE, decode_masked
 from ctxsae.ranges import at_least, between
@@ -260,13 +260,10 @@ class AttentionSAE(TopKSAE, ContextualSAE):
     def context_stats(self, out: SAEOutput) -> dict[str, float]:
         """Size and use of the context pathway over all positions of ``out``.
 
-        context_energy_share = sum_t <C_t, R_t> / sum_t |R_t|^2 with R = a W_dec and C = c W_dec,
-        both centred over positions (the convention of ``RecurrentSAE.context_stats``).
+        ``context_energy_share`` with the context's part c W_dec of the reconstruction a W_dec.
         """
         z, c = out.codes.flatten(0, 1), out.aux["context"].flatten(0, 1)
         a = z + c
-        R, C = a @ self.W_dec, c @ self.W_dec
-        R, C = R - R.mean(0), C - C.mean(0)
         w = out.aux["weights"]
         T = out.codes.shape[1]
         dist = torch.arange(T, device=w.device).view(1, 1, T, 1) - out.aux["positions"]
@@ -276,7 +273,7 @@ class AttentionSAE(TopKSAE, ContextualSAE):
                    self.carry_logit, self.value_A, self.value_B]
         return {
             "context_params": float(sum(p.numel() for p in pathway if p is not None)),
-            "context_energy_share": ((C * R).sum() / R.pow(2).sum().clamp_min(1e-12)).item(),
+            "context_energy_share": context_energy_share(c @ self.W_dec, a @ self.W_dec),
             "carried_fraction": ((c != 0).sum() / active.sum().clamp_min(1)).item(),
             "carried_without_code_fraction": (((c != 0) & (z == 0)).sum() / active.sum().clamp_min(1)).item(),
             "l0_context": (c != 0).sum(-1).float().mean().item(),

@@ -199,6 +199,14 @@ class SAE(nn.Module, abc.ABC):
         tmp.replace(path)
 
 
+def context_energy_share(context_ND: Tensor, reconstruction_ND: Tensor) -> float:
+    """sum_n <C_n, R_n> / sum_n |R_n|^2, both centred over positions: the share of a contextual SAE's
+    reconstruction R (effective codes times W_dec) that its context pathway's part C supplies; the
+    share of the current position's own codes is 1 minus it."""
+    R, C = reconstruction_ND - reconstruction_ND.mean(0), context_ND - context_ND.mean(0)
+    return ((C * R).sum() / R.pow(2).sum().clamp_min(1e-12)).item()
+
+
 class ContextualSAE(SAE):
     """An SAE whose codes at position t also read earlier positions of t's document.
 

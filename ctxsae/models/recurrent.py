@@ -53,7 +53,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from ctxsae.models.base import ContextualSAE, SAEOutput
+from ctxsae.models.base import ContextualSAE, SAEOutput, context_energy_share
 from ctxsae.models.sparse_encoder import dense_pre_acts, one_thread_on_cpu, row_offsets, select
 from ctxsae.models.topk import TopKConfig, TopKSAE, decode_masked
 from ctxsae.ranges import above, fraction
@@ -237,23 +237,19 @@ class RecurrentSAE(TopKSAE, ContextualSAE):
         """How much the context pathway does, over all positions of ``out``.
 
         An effective activation is *carried* if its latent has no code at t (its value was set
-        earlier). The context share of the reconstruction is sum_t <C_t, R_t> / sum_t |R_t|^2,
-        R = a W_dec and C = (carried part of a) W_dec, both centred over positions; the share of
-        the current position's own codes is 1 minus it.
+        earlier). ``context_energy_share`` with the carried part of the reconstruction.
         """
         z, a = out.codes.flatten(0, 1), out.effective_codes.flatten(0, 1)
         lam_F = self.retention()
         active, event = a != 0, z != 0
         carried = active & ~event
-        R, C = a @ self.W_dec, (a * carried) @ self.W_dec
-        R, C = R - R.mean(0), C - C.mean(0)
         starts = active & ((a - z) == 0)  # active, nothing carried in: a run begins here
         return {
             "context_params": float(self.retention_raw.numel()),
             "mean_retention": lam_F.mean().item(),
             "holding_latent_fraction": (lam_F >= self.cfg.drop_below).float().mean().item(),
             "exact_hold_fraction": (lam_F == 1).float().mean().item(),
-            "context_energy_share": ((C * R).sum() / R.pow(2).sum().clamp_min(1e-12)).item(),
+            "context_energy_share": context_energy_share((a * carried) @ self.W_dec, a @ self.W_dec),
             "carried_fraction": (carried.sum() / active.sum().clamp_min(1)).item(),
             "resets_per_position": (event & ~active).sum().item() / len(z),
             "mean_run_length": (active.sum() / starts.sum().clamp_min(1)).item(),

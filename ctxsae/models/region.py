@@ -50,7 +50,7 @@ import torch
 from torch import Tensor
 
 from ctxsae.errors import UserError
-from ctxsae.models.base import ContextualSAE, SAEOutput
+from ctxsae.models.base import ContextualSAE, SAEOutput, context_energy_share
 from ctxsae.models.recurrent import RecurrentSAE
 from ctxsae.models.sparse_encoder import dense_pre_acts, encode_topk, folded_bias, one_thread_on_cpu
 from ctxsae.models.topk import TopKConfig, TopKSAE, decode_sparse
@@ -157,18 +157,14 @@ class RegionSAE(TopKSAE, ContextualSAE):
     def context_stats(self, out: SAEOutput) -> dict[str, float]:
         """How much the region latents do, over all positions of ``out``.
 
-        The region share of the reconstruction is sum_t <C_t, X_t> / sum_t |X_t|^2 with X = a W_dec
-        and C = r W_dec (the region latents' part), both centred over positions.
+        ``context_energy_share``: the region latents' part of the reconstruction (r W_dec).
         """
         n_token = self.d_sae - self.cfg.d_region
         z_NR, r_NR = out.codes.flatten(0, 1)[:, n_token:], out.effective_codes.flatten(0, 1)[:, n_token:]
-        X = out.effective_codes.flatten(0, 1) @ self.W_dec
-        C = r_NR @ self.W_dec[n_token:]
-        X, C = X - X.mean(0), C - C.mean(0)
         return {
             "context_params": float(self.cfg.d_region * (2 * self.d_in + 1)),
             "region_latents": float(self.cfg.d_region),
             "region_sends_per_position": (z_NR != 0).sum().item() / len(z_NR),
             "region_active_per_position": (r_NR != 0).sum().item() / len(r_NR),
-            "context_energy_share": ((C * X).sum() / X.pow(2).sum().clamp_min(1e-12)).item(),
+            "context_energy_share": context_energy_share(r_NR @ self.W_dec[n_token:], out.effective_codes.flatten(0, 1) @ self.W_dec),
         }

@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ctxsae.models.base import ContextualSAE, SAEOutput
+from ctxsae.models.base import ContextualSAE, SAEOutput, context_energy_share
 from ctxsae.models.topk import TopKConfig, TopKSAE
 from ctxsae.ranges import at_least, between
 
@@ -168,14 +168,12 @@ class TFASAE(TopKSAE, ContextualSAE):
     def context_stats(self, out: SAEOutput) -> dict[str, float]:
         """Size and use of the prediction over all positions of ``out``.
 
-        context_energy_share = sum_t <C_t, R_t> / sum_t |R_t|^2, R = a W_dec and C = pred W_dec,
-        both centred over positions (the convention of ``RecurrentSAE.context_stats``);
+        ``context_energy_share`` with the prediction's part pred W_dec of the reconstruction a W_dec;
         pred_energy_share is the reference's |pred W_dec|^2 / (|pred W_dec|^2 + |z W_dec|^2).
         """
         z, pred = out.codes.flatten(0, 1), out.aux["predicted"].flatten(0, 1)
         R, C, N = (z + pred) @ self.W_dec, pred @ self.W_dec, z @ self.W_dec
         share_raw = C.pow(2).sum() / (C.pow(2).sum() + N.pow(2).sum()).clamp_min(1e-12)
-        R, C = R - R.mean(0), C - C.mean(0)
         w = self.attention_weights(out)
         T = w.shape[-1]
         first_BT = out.aux["mask"][:, 0].int().argmax(-1)  # each query's empty slot (its document start)
@@ -187,7 +185,7 @@ class TFASAE(TopKSAE, ContextualSAE):
         pathway = [self.W_q, self.W_k, self.W_v, self.W_o, self.b_q, self.b_k, self.b_v, self.b_o, self.gain]
         return {
             "context_params": float(sum(p.numel() for p in pathway)),
-            "context_energy_share": ((C * R).sum() / R.pow(2).sum().clamp_min(1e-12)).item(),
+            "context_energy_share": context_energy_share(C, R),
             "pred_energy_share": share_raw.item(),
             "l0_predicted": (pred != 0).sum(-1).float().mean().item(),
             "gain": self.gain.item(),
