@@ -17,10 +17,11 @@ from ctxsae.train.objective import LossConfig
 D, F, K, B, T = 32, 96, 4, 3, 24
 
 
-def open_sae(dtype=torch.float64, value_rank: int = 0) -> AttentionSAE:
+def open_sae(dtype=torch.float64, value_rank: int = 0, query_from_past: bool = False) -> AttentionSAE:
     """Context open: half the latents carry, heads read content and recency, nothing at default init."""
     torch.manual_seed(0)
-    cfg = AttentionConfig(d_in=D, d_sae=F, k=K, k_values=8, n_heads=2, d_head=4, n_attend=4, value_rank=value_rank)
+    cfg = AttentionConfig(d_in=D, d_sae=F, k=K, k_values=8, n_heads=2, d_head=4, n_attend=4, value_rank=value_rank,
+                          query_from_past=query_from_past)
     sae = AttentionSAE(cfg).to(dtype).eval()
     with torch.no_grad():
         sae.carry_logit.copy_(torch.tensor([1.0, -1.0]).repeat(F // 2))
@@ -96,16 +97,30 @@ def test_config_builds_the_model():
     assert isinstance(sae, AttentionSAE) and sae.cfg.k == K and sae.W_q.shape == (D, 8)
 
 
-@pytest.mark.parametrize("value_rank", [0, 3])
-def test_strictly_causal(value_rank, rules):
-    sae, x = open_sae(value_rank=value_rank), windows()
+@pytest.mark.parametrize("value_rank, query_from_past", [(0, False), (3, False), (0, True)])
+def test_strictly_causal(value_rank, query_from_past, rules):
+    sae, x = open_sae(value_rank=value_rank, query_from_past=query_from_past), windows()
     assert (sae(x, window_starts(B, T)).aux["context"] != 0).any()
     rules.strictly_causal(sae, x)
 
 
-def test_document_start_resets_the_context(rules):
-    sae, x = open_sae(), windows()
+@pytest.mark.parametrize("query_from_past", [False, True])
+def test_document_start_resets_the_context(query_from_past, rules):
+    sae, x = open_sae(query_from_past=query_from_past), windows()
     rules.nothing_carried_into_a_document_start(sae, x)
+
+
+@pytest.mark.parametrize("query_from_past", [False, True])
+def test_context_reads_x_t_only_through_the_query(query_from_past):
+    """Changing x_t alone moves the context at t through the query from x_t; with the query from x_{t-1}
+    the context at t is bitwise unchanged: all the decoder learns about x_t is in the novel codes."""
+    sae, x = open_sae(query_from_past=query_from_past), windows()
+    for t0 in (5, 17):
+        x2 = x.clone()
+        x2[:, t0] = torch.randn_like(x2[:, t0]) + 2.0
+        c, c2 = (sae(v, window_starts(B, T)).aux["context"] for v in (x, x2))
+        assert torch.equal(c[:, :t0], c2[:, :t0]) and c[:, t0].any()
+        assert torch.equal(c[:, t0], c2[:, t0]) == query_from_past
 
 
 def test_attribution_sums_to_the_effective_code():
@@ -121,9 +136,12 @@ def test_attribution_sums_to_the_effective_code():
     assert earlier >= 20  # carried activations were traced back to earlier positions
 
 
-def test_context_lets_go_when_the_query_stops_matching():
-    """Latent 0 is carried while x_t still shows it and is exactly 0 once it is gone, at no code."""
-    sae = AttentionSAE(AttentionConfig(d_in=D, d_sae=D, k=1, k_values=2, n_heads=1, d_head=1, n_attend=4)).double().eval()
+@pytest.mark.parametrize("query_from_past", [False, True])
+def test_context_lets_go_when_the_query_stops_matching(query_from_past):
+    """Latent 0 is carried while the query's position still shows it and is exactly 0 once it is gone, at
+    no code. From the past the query learns of the end one position late: latent 0 is carried once too often."""
+    cfg = AttentionConfig(d_in=D, d_sae=D, k=1, k_values=2, n_heads=1, d_head=1, n_attend=4, query_from_past=query_from_past)
+    sae = AttentionSAE(cfg).double().eval()
     with torch.no_grad():
         sae.W_dec.copy_(torch.eye(D))
         sae.W_enc.copy_(torch.eye(D))
@@ -140,10 +158,14 @@ def test_context_lets_go_when_the_query_stops_matching():
     x[0, :, 1] = 1.0  # latent 1 on everywhere, never carried: it takes the one novel code
     out = sae(x, window_starts(1, 8))
     a0, z0 = out.effective_codes[0, :, 0], out.codes[0, :, 0]
+    end = 5 if query_from_past else 4
     assert z0[0] == 3.0 and torch.all(z0[1:] == 0)  # one onset, then carried for free
-    torch.testing.assert_close(a0[:4], torch.full((4,), 3.0, dtype=torch.float64))
-    assert torch.all(a0[4:] == 0)  # let go: exactly 0, no reset code spent
-    torch.testing.assert_close(out.reconstruction[:, 1:], x[:, 1:])  # at t = 0 the one code went to latent 0
+    torch.testing.assert_close(a0[:end], torch.full((end,), 3.0, dtype=torch.float64))
+    assert torch.all(a0[end:] == 0)  # let go: exactly 0, no reset code spent
+    late = [4] if query_from_past else []  # the one position where the context still held latent 0
+    exact = [t for t in range(1, 8) if t not in late]
+    torch.testing.assert_close(out.reconstruction[:, exact], x[:, exact])  # at t = 0 the one code went to latent 0
+    assert all(out.reconstruction[0, t, 0] == 3.0 for t in late)
 
 
 def test_starts_closed_as_topk():
