@@ -32,6 +32,10 @@ kept only where those positions hold most of a head's attention. Design choices,
   at t reads x_{t-1}, so the context is a prediction from earlier positions only and everything the
   decoder learns about x_t passes through the k novel codes. The price: at a region's end the
   context still carries the old region for one position (codes are >= 0 and cannot cancel it).
+  Either way the context reads earlier *activations*, not earlier codes: its values are u_s
+  (k_values per position, more than the k sent there) and its keys read x_s. So, unlike
+  ``RecurrentSAE`` (whose context is a function of z_1..z_t), novel L0 does not count all that the
+  reconstruction costs; the effective L0 (what the decoder reads at t) is the honest guard.
 * **Sparse attention, not scaled_dot_product_attention.** Every head would need F-wide values
   [B, H, T, F]: measured 7.6x a TopK step at d_in 576, d_sae 2304, 32 x 128 tokens (busy CPU). Each head
   instead reads its n_attend best-scoring positions (softmax renormalised over them and the null
