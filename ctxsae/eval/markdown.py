@@ -32,6 +32,7 @@ MEANING = {
     "temporal/region_latent_fraction": "latents with at least one region",
     "temporal/region_mean_length": "mean region length in positions",
     "context/context_energy_share": "share of the reconstruction's centred energy carried by context",
+    "context/carried_unsent_share": "share of the carried value read where its feature was not decoded (attention)",
     "downstream/ce_clean": "next-token CE of the LM as it is",
     "downstream/ce_spliced": "CE with the SAE reconstruction spliced in at the hook",
     "downstream/ce_zero": "CE with the hook zero-ablated",

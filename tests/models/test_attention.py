@@ -136,6 +136,21 @@ def test_attribution_sums_to_the_effective_code():
     assert earlier >= 20  # carried activations were traced back to earlier positions
 
 
+def test_unsent_share_counts_carried_values_never_decoded_at_their_source():
+    """``carried_unsent_share`` against ``attribute``: the carried value traced to positions s where
+    the feature was off in a_s, over all carried value."""
+    sae, x = open_sae(), windows()
+    out = sae(x, window_starts(B, T))
+    unsent = total = 0.0
+    for b, t, i in out.aux["context"].nonzero().tolist():
+        for s, value in sae.attribute(out, b, t, i):
+            if s < t:
+                total += value
+                unsent += value if out.effective_codes[b, s, i] == 0 else 0.0
+    assert 0 < unsent < total  # both kinds occur here
+    assert sae.context_stats(out)["carried_unsent_share"] == pytest.approx(unsent / total, rel=1e-9)
+
+
 @pytest.mark.parametrize("query_from_past", [False, True])
 def test_context_lets_go_when_the_query_stops_matching(query_from_past):
     """Latent 0 is carried while the query's position still shows it and is exactly 0 once it is gone, at
@@ -166,6 +181,7 @@ def test_context_lets_go_when_the_query_stops_matching(query_from_past):
     exact = [t for t in range(1, 8) if t not in late]
     torch.testing.assert_close(out.reconstruction[:, exact], x[:, exact])  # at t = 0 the one code went to latent 0
     assert all(out.reconstruction[0, t, 0] == 3.0 for t in late)
+    assert sae.context_stats(out)["carried_unsent_share"] == 0  # carried from where it was decoded
 
 
 def test_starts_closed_as_topk():
