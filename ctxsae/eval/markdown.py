@@ -33,6 +33,7 @@ MEANING = {
     "temporal/region_mean_length": "mean region length in positions",
     "context/context_energy_share": "share of the reconstruction's centred energy carried by context",
     "context/carried_unsent_share": "share of the carried value read where its feature was not decoded (attention)",
+    "context/unsent_sources_per_position": "distinct (position, feature) values so read, per position: the codes sending them would cost",
     "downstream/ce_clean": "next-token CE of the LM as it is",
     "downstream/ce_spliced": "CE with the SAE reconstruction spliced in at the hook",
     "downstream/ce_zero": "CE with the hook zero-ablated",

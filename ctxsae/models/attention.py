@@ -276,12 +276,17 @@ class AttentionSAE(TopKSAE, ContextualSAE):
         ``context_energy_share`` with the context's part c W_dec of the reconstruction a W_dec;
         ``carried_unsent_share``: the share of the carried value (sum of contributions) read from an
         earlier position s where the feature was not in the effective code a_s, i.e. never decoded
-        there: what the context passes on that no code paid for (0 for ``RecurrentSAE`` by design).
+        there: what the context passes on that no code paid for (0 for ``RecurrentSAE`` by design);
+        ``unsent_sources_per_position``: how many such (s, feature) values are read, per position, i.e.
+        the codes it would cost to send them (each once, at s): novel L0 plus this is what a code-only
+        decoder would have to receive.
         """
         B, T, Fs = out.codes.shape
         contrib = out.aux["contributions"]
         rows = out.aux["positions"] + T * torch.arange(B, device=contrib.device).view(B, 1, 1, 1)  # b T + s
-        a_at_source = out.effective_codes.reshape(-1).take(rows[..., None] * Fs + out.aux["features"])
+        source = rows[..., None] * Fs + out.aux["features"]  # (b T + s) F + i
+        a_at_source = out.effective_codes.reshape(-1).take(source)
+        unsent = (contrib != 0) & (a_at_source == 0)
         carried_total = contrib.abs().sum()
         z, c = out.codes.flatten(0, 1), out.aux["context"].flatten(0, 1)
         a = z + c
@@ -297,7 +302,8 @@ class AttentionSAE(TopKSAE, ContextualSAE):
             "context_energy_share": context_energy_share(c @ self.W_dec, a @ self.W_dec),
             "carried_fraction": ((c != 0).sum() / active.sum().clamp_min(1)).item(),
             "carried_without_code_fraction": (((c != 0) & (z == 0)).sum() / active.sum().clamp_min(1)).item(),
-            "carried_unsent_share": (contrib.abs()[a_at_source == 0].sum() / carried_total.clamp_min(1e-12)).item(),
+            "carried_unsent_share": (contrib.abs()[unsent].sum() / carried_total.clamp_min(1e-12)).item(),
+            "unsent_sources_per_position": source[unsent].unique().numel() / (B * T),
             "l0_context": (c != 0).sum(-1).float().mean().item(),
             "carried_feature_fraction": (self.carry_logit > 0).float().mean().item(),
             "null_attention": w[..., 0].mean().item(),

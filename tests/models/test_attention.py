@@ -137,18 +137,24 @@ def test_attribution_sums_to_the_effective_code():
 
 
 def test_unsent_share_counts_carried_values_never_decoded_at_their_source():
-    """``carried_unsent_share`` against ``attribute``: the carried value traced to positions s where
-    the feature was off in a_s, over all carried value."""
+    """``carried_unsent_share`` and ``unsent_sources_per_position`` against ``attribute``: the carried
+    value traced to positions s where the feature was off in a_s, over all carried value; and how many
+    distinct such (s, feature) sources there are per position."""
     sae, x = open_sae(), windows()
     out = sae(x, window_starts(B, T))
     unsent = total = 0.0
+    sources = set()
     for b, t, i in out.aux["context"].nonzero().tolist():
         for s, value in sae.attribute(out, b, t, i):
             if s < t:
                 total += value
-                unsent += value if out.effective_codes[b, s, i] == 0 else 0.0
+                if out.effective_codes[b, s, i] == 0:
+                    unsent += value
+                    sources.add((b, s, i))
     assert 0 < unsent < total  # both kinds occur here
-    assert sae.context_stats(out)["carried_unsent_share"] == pytest.approx(unsent / total, rel=1e-9)
+    stats = sae.context_stats(out)
+    assert stats["carried_unsent_share"] == pytest.approx(unsent / total, rel=1e-9)
+    assert stats["unsent_sources_per_position"] == len(sources) / (B * T)
 
 
 @pytest.mark.parametrize("query_from_past", [False, True])
