@@ -8,6 +8,9 @@ in :mod:`ctxsae.report`), so each contextual run is read against the cell's TopK
 
 * ``l0_ratio``: its novel L0 over the front's L0 at that FVU (< 1: context saves codes);
 * ``l0_effective_ratio``: its effective L0 (what the decoder reads) over the same;
+* ``l0_paid_ratio``: for a context that reads earlier activations rather than earlier codes (the
+  attention SAE), novel L0 plus the values it read that were never decoded where they came from
+  (``unsent_sources_per_position``: what sending them once would cost), over the same;
 * ``ce_delta``: its CE loss recovered minus the front's, linearly interpolated at the same FVU
   (evaluated runs only).
 
@@ -54,14 +57,15 @@ BOUNDS = {
     "onset_recall_code": "regions/kind/code/onset_recall",
     "switch_boundary_auroc": "language_switch/boundary_auroc_heldout",
     "language_auroc": "language_switch/language_auroc_heldout",
+    "l0_unsent": "context/unsent_sources_per_position",
 }
 
-RUN_COLUMNS = ("arm", "fvu", "l0", "l0_effective", "l0_ratio", "l0_effective_ratio", "ce_recovered", "ce_delta",
+RUN_COLUMNS = ("arm", "fvu", "l0", "l0_effective", "l0_ratio", "l0_effective_ratio", "l0_paid_ratio", "ce_recovered", "ce_delta",
                "flicker", "onset_precision_code", "switch_auroc", "language_auroc", "already_active", "changed_share", "held_share", "fvu_held",
                "residual_var_document")
 CELL_COLUMNS = ("cell", "topk_fvu", "changed_share", "held_share", "region_var_document", "region_var_block",
                 "region_l0_ratio", "residual_var_document", "residual_l0_ratio", "best_arm", "l0_ratio", "l0_effective_ratio",
-                "ce_delta")
+                "l0_paid_ratio", "ce_delta")
 
 
 def cell_of(job: Path) -> str:
@@ -93,6 +97,8 @@ def map_rows(sweep: Path, baseline: str) -> list[dict]:
     for row in rows:
         m = matched.get(row["run"], {})
         row["l0_ratio"], row["l0_effective_ratio"] = m.get("l0_ratio"), m.get("l0_effective_ratio")
+        paid = m.get("baseline_l0") and row["l0_unsent"] is not None
+        row["l0_paid_ratio"] = (row["l0"] + row["l0_unsent"]) / m["baseline_l0"] if paid else None
         base = [r for r in rows if r["model"] == baseline and r["setting"] == row["setting"]]
         ce = at_fvu(sorted((r["fvu"], r["ce_recovered"]) for r in base if r["ce_recovered"] is not None), row["fvu"])
         row["ce_delta"] = row["ce_recovered"] - ce if row["model"] != baseline and None not in (ce, row["ce_recovered"]) else None
@@ -140,7 +146,7 @@ def cell_summary(cell: str, rows: list[dict], baseline: str) -> dict:
             "residual_var_document": middle.get("residual_var_document"),
             "residual_l0_ratio": region_l0_ratio(rows, middle, baseline, of="residual_var") if middle else None,
             "best_arm": best.get("arm"), "l0_ratio": best.get("l0_ratio"), "l0_effective_ratio": best.get("l0_effective_ratio"),
-            "ce_delta": best.get("ce_delta")}
+            "l0_paid_ratio": best.get("l0_paid_ratio"), "ce_delta": best.get("ce_delta")}
 
 
 def changed_share_plot(rows: list[dict], baseline: str, path: Path) -> Figure:

@@ -6,6 +6,7 @@ from omegaconf import OmegaConf
 from ctxsae.report.map import cell_summary, map_rows, write_map
 
 TOPK, RECURRENT = "ctxsae.models.topk.TopKSAE", "ctxsae.models.recurrent.RecurrentSAE"
+ATTENTION = "ctxsae.models.attention.AttentionSAE"
 BOOK = "ctxsae.data.debian_reference.DebianReferenceSource"
 
 
@@ -34,6 +35,8 @@ def test_each_cell_reads_its_contextual_runs_against_its_own_topk_front(tmp_path
     run(sweep, "t32", TOPK, 32, 0.2, 32.0, evaluated=oracle(0.8, 0.90, document=0.05, residual=0.025))
     run(sweep, "t64", TOPK, 64, 0.1, 64.0, evaluated=oracle(0.7, 0.96))
     run(sweep, "r16", RECURRENT, 16, 0.2, 16.0, l0_eff=40.0, evaluated={"downstream": {"ce_recovered_zero": 0.88}})
+    # Reads 24 unsent values per position: novel L0 12 looks like 3/8 of the front's 32; paying for them costs 9/8.
+    run(sweep, "a12", ATTENTION, 12, 0.2, 12.0, l0_eff=70.0, evaluated={"context": {"unsent_sources_per_position": 24.0}})
     # Another layer: a front of its own, never mixed with layer 8's.
     run(sweep, "t16_L24", TOPK, 16, 0.5, 16.0, layer=24, evaluated=oracle(1.2, 0.5, document=-0.02))
     run(sweep, "t32_L24", TOPK, 32, 0.4, 32.0, layer=24)
@@ -44,12 +47,15 @@ def test_each_cell_reads_its_contextual_runs_against_its_own_topk_front(tmp_path
     assert rows["r16"]["cell"] == "debian_reference-n512-L8" and rows["r16_L24"]["cell"] == "debian_reference-n512-L24"
     assert rows["r16"]["l0_ratio"] == pytest.approx(0.5) and rows["r16"]["l0_effective_ratio"] == pytest.approx(40 / 32)
     assert rows["r16"]["ce_delta"] == pytest.approx(-0.02)  # 0.88 against TopK's 0.90 at the same FVU
+    assert rows["r16"]["l0_paid_ratio"] is None  # its context reads codes only: nothing unsent to pay for
+    assert rows["a12"]["l0_ratio"] == pytest.approx(12 / 32) and rows["a12"]["l0_paid_ratio"] == pytest.approx(36 / 32)
     assert rows["r16_L24"]["l0_ratio"] == pytest.approx(2 ** -0.5)  # 16 over the front at 16 * sqrt(2) (halfway in log L0)
     assert rows["t16_s1"]["cell"] == "debian_reference-n512-L8-s1"
     assert rows["t32"]["held_share"] == 0.8 and rows["t32"]["onset_precision_code"] == 0.4
 
     summary = cell_summary("debian_reference-n512-L8", [r for r in rows.values() if r["cell"] == "debian_reference-n512-L8"], "TopKSAE")
-    assert summary["topk_fvu"] == 0.2 and summary["best_arm"] == "RecurrentSAE k=16"
+    assert summary["topk_fvu"] == 0.2 and summary["best_arm"] == "AttentionSAE k=12"  # the lowest novel-L0 ratio...
+    assert summary["l0_paid_ratio"] == pytest.approx(36 / 32)  # ... not the lowest cost
     # A free region mean explaining 0.05 of the variance: the codes need only FVU 0.25, where the front has L0
     # 16 sqrt(2) (halfway from 32 to 16 in log L0).
     assert summary["region_l0_ratio"] == pytest.approx(2**-0.5)
@@ -61,6 +67,6 @@ def test_each_cell_reads_its_contextual_runs_against_its_own_topk_front(tmp_path
 
     write_map(sweep, tmp_path / "docs")
     md = (tmp_path / "docs" / "results.md").read_text()
-    assert "| debian_reference-n512-L8 | 0.2 | 0.85 | 0.8 | 0.05 |  | 0.7071 | 0.025 | 0.8409 | RecurrentSAE k=16 | 0.5 |" in md.split("## ")[0]
+    assert "| debian_reference-n512-L8 | 0.2 | 0.85 | 0.8 | 0.05 |  | 0.7071 | 0.025 | 0.8409 | AttentionSAE k=12 | 0.375 | 2.188 | 1.125 |" in md.split("## ")[0]
     for png in ("changed_share_by_layer", "debian_reference-n512-L8", "debian_reference-n512-L24"):
         assert (tmp_path / "docs" / "map" / f"{png}.png").stat().st_size > 1000
