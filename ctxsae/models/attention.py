@@ -27,15 +27,17 @@ kept only where those positions hold most of a head's attention. Design choices,
   lets a head read nothing; it is always visible, so no row is empty and a document start reads
   nothing. The query (from x_t) decides *which* earlier positions to read: that choice is
   information from x_t that costs no code (``context_stats`` reports how much rides on context).
-  On the book at layer 16 most of the attention SAE's gain over TopK rode on it (zeroing W_q after
-  training: FVU 0.176 -> 0.192, TopK k=16 0.196). ``query_from_past`` closes that channel: the query
-  at t reads x_{t-1}, so the context is a prediction from earlier positions only and everything the
-  decoder learns about x_t passes through the k novel codes. The price: at a region's end the
-  context still carries the old region for one position (codes are >= 0 and cannot cancel it).
-  Either way the context reads earlier *activations*, not earlier codes: its values are u_s
-  (k_values per position, more than the k sent there) and its keys read x_s. So, unlike
-  ``RecurrentSAE`` (whose context is a function of z_1..z_t), novel L0 does not count all that the
-  reconstruction costs; the effective L0 (what the decoder reads at t) is the honest guard.
+  On the book at layer 16, zeroing W_q after training cost most of the gain over TopK (FVU 0.176 ->
+  0.192, TopK k=16 0.196), yet a model trained with ``query_from_past`` keeps it (0.156, seeds 0 and
+  1): the trained model leant on its query, the design does not need it. That option closes the
+  channel: the query at t reads x_{t-1}, so the context is a prediction from earlier positions only
+  and everything the decoder learns about x_t passes through the k novel codes. The price: at a
+  region's end the context still carries the old region for one position (codes are >= 0 and
+  cannot cancel it). Either way the context reads earlier *activations*, not earlier codes: its
+  values are u_s (k_values per position, more than the k sent there) and its keys read x_s. So,
+  unlike ``RecurrentSAE`` (whose context is a function of z_1..z_t), novel L0 does not count all
+  that the reconstruction costs: ``context_stats`` counts the values read that no code sent
+  (there, 16-17 per position: more than TopK saves).
 * **Sparse attention, not scaled_dot_product_attention.** Every head would need F-wide values
   [B, H, T, F]: measured 7.6x a TopK step at d_in 576, d_sae 2304, 32 x 128 tokens (busy CPU). Each head
   instead reads its n_attend best-scoring positions (softmax renormalised over them and the null
@@ -279,7 +281,8 @@ class AttentionSAE(TopKSAE, ContextualSAE):
         there: what the context passes on that no code paid for (0 for ``RecurrentSAE`` by design);
         ``unsent_sources_per_position``: how many such (s, feature) values are read, per position, i.e.
         the codes it would cost to send them (each once, at s): novel L0 plus this is what a code-only
-        decoder would have to receive.
+        decoder would have to receive, at least (where i was decoded at s, the value read is still
+        u_s[i], not a_s[i]).
         """
         B, T, Fs = out.codes.shape
         contrib = out.aux["contributions"]
