@@ -135,6 +135,12 @@ class SameFeatureSum(torch.autograd.Function):
         return out_NC
 
 
+def batch_rows(pos_BHTR: Tensor) -> Tensor:
+    """[B, H, T, R] row b T + s of each attended position s in the windows flattened to [B T]."""
+    B, _, T, _ = pos_BHTR.shape
+    return pos_BHTR + T * torch.arange(B, device=pos_BHTR.device).view(B, 1, 1, 1)
+
+
 def carry_rule(w_BHTR: Tensor, pos_BHTR: Tensor, uv_BTK: Tensor, ui_BTK: Tensor, g_HF: Tensor,
                mix_BTF: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``AttentionSAE.context`` given the gains g [H, F] and, with ``value_rank > 0``, the mixed values [B, T, F]."""
@@ -143,7 +149,7 @@ def carry_rule(w_BHTR: Tensor, pos_BHTR: Tensor, uv_BTK: Tensor, ui_BTK: Tensor,
     device = w_BHTR.device
     # Candidates: the (feature, value) pairs of the attended positions, [B, H, T, R, Kv], their
     # features copied as whole rows of Kv. Values are >= 0, so their sign is 1 where a feature was on.
-    rows_N = (pos_BHTR + T * torch.arange(B, device=device).view(B, 1, 1, 1)).reshape(-1)  # b T + s
+    rows_N = batch_rows(pos_BHTR).reshape(-1)
     feat_BHTRK = ui_BTK.reshape(B * T, Kv).index_select(0, rows_N).view(B, H, T, R, Kv)
     on_BHTRK = uv_BTK.detach().reshape(B * T, Kv).index_select(0, rows_N).sign_().view(B, H, T, R, Kv)
     w_BHTRK = w_BHTR[..., None] * on_BHTRK
@@ -286,8 +292,7 @@ class AttentionSAE(TopKSAE, ContextualSAE):
         """
         B, T, Fs = out.codes.shape
         contrib = out.aux["contributions"]
-        rows = out.aux["positions"] + T * torch.arange(B, device=contrib.device).view(B, 1, 1, 1)  # b T + s
-        source = rows[..., None] * Fs + out.aux["features"]  # (b T + s) F + i
+        source = batch_rows(out.aux["positions"])[..., None] * Fs + out.aux["features"]  # (b T + s) F + i
         a_at_source = out.effective_codes.reshape(-1).take(source)
         unsent = (contrib != 0) & (a_at_source == 0)
         carried_total = contrib.abs().sum()
