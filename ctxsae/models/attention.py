@@ -21,7 +21,7 @@ kept only where those positions hold most of a head's attention. Design choices,
   suits values that are dense in time. u_s is what the same encoder sees at s without context, so
   averaging it over earlier positions of a region carries the region's value, and every position
   is computed at once. Cost: a second encoder pass (pre(x) for u, pre(x - c W_dec) for z), skipped
-  while the context carries nothing (``shifted_pre_acts``).
+  while the context carries nothing (``novel_code``).
 * **Keys strictly earlier, queries from the current position.** With s = t the context could copy
   u_t and leave z empty: the code at t must stay what is new at t. A learned *null* key (value 0)
   lets a head read nothing; it is always visible, so no row is empty and a document start reads
@@ -72,7 +72,7 @@ import torch
 from torch import Tensor, nn
 
 from ctxsae.models.base import ContextualSAE, SAEOutput, context_energy_share
-from ctxsae.models.sparse_encoder import OneThread, dense_pre_acts, encode_topk, one_thread_on_cpu, shifted_pre_acts
+from ctxsae.models.sparse_encoder import OneThread, dense_pre_acts, encode_topk, one_thread_on_cpu
 from ctxsae.models.topk import TopKConfig, TopKSAE, decode_masked
 from ctxsae.ranges import at_least, between
 
@@ -142,7 +142,7 @@ def batch_rows(pos_BHTR: Tensor) -> Tensor:
 
 
 def carry_rule(w_BHTR: Tensor, pos_BHTR: Tensor, uv_BTK: Tensor, ui_BTK: Tensor, g_HF: Tensor,
-               mix_BTF: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+               mix_BTF: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``AttentionSAE.context`` given the gains g [H, F] and, with ``value_rank > 0``, the mixed values [B, T, F]."""
     B, H, T, R = w_BHTR.shape
     Kv, Fs = ui_BTK.shape[-1], g_HF.shape[-1]
@@ -173,8 +173,7 @@ def carry_rule(w_BHTR: Tensor, pos_BHTR: Tensor, uv_BTK: Tensor, ui_BTK: Tensor,
     cells_M = query_N.index_select(0, row_M).add_(feat_M)
     c_BTF = uv_BTK.new_zeros(B * T * Fs).index_add_(0, cells_M, contrib_M).view(B, T, Fs)
     carried_BTF = torch.zeros(B * T * Fs, dtype=torch.bool, device=device).index_fill_(0, cells_M, True).view(B, T, Fs)
-    contrib_BHTRK = contrib_M.new_zeros(w_BHTRK.numel()).index_put((carried_M,), contrib_M).view_as(w_BHTRK)
-    return c_BTF, carried_BTF, feat_BHTRK, contrib_BHTRK
+    return c_BTF, carried_BTF, feat_BHTRK, carried_M, contrib_M
 
 
 class AttentionSAE(TopKSAE, ContextualSAE):
@@ -211,8 +210,9 @@ class AttentionSAE(TopKSAE, ContextualSAE):
 
     def forward(self, x_BTD: Tensor, doc_start_BT: Tensor) -> SAEOutput:
         """aux: "context" c [B, T, F]; "weights" [B, H, T, 1 + R] (the null slot first), "positions"
-        [B, H, T, R], "features" and "contributions" [B, H, T, R, Kv] of each head's attended
-        candidates, for ``attribute`` and ``context_stats``."""
+        [B, H, T, R], "features" [B, H, T, R, Kv] of each head's attended candidates and the carried
+        ones' flat indices into them and contributions, "carried" and "contributions" [M], for
+        ``attribute`` and ``context_stats`` (``contributions`` spreads them over the candidates)."""
         B, T, _ = x_BTD.shape
         H, R, Kv = self.cfg.n_heads, min(self.cfg.n_attend, T), self.cfg.k_values
         d_head = self.cfg.d_head
@@ -234,21 +234,38 @@ class AttentionSAE(TopKSAE, ContextualSAE):
         w_BHT1R = torch.cat([null_BHT1, top_BHTR], dim=-1).softmax(-1)  # weight 0 where a kept score is -inf
         w_BHTR = w_BHT1R[..., 1:]
 
-        c_BTF, carried_BTF, feat_BHTRK, contrib_BHTRK = self.context(w_BHTR, pos_BHTR, uv_BTK, ui_BTK)
+        c_BTF, carried_BTF, feat_BHTRK, carried_M, contrib_M = self.context(w_BHTR, pos_BHTR, uv_BTK, ui_BTK)
 
         # Novel codes from what the context leaves unexplained.
         cW_BTD = decode_masked(self.W_dec, c_BTF, carried_BTF)
-        xn_BTD = x_BTD - cW_BTD
-        pre_BTF, z_BTF, zW_BTD = self.topk_code(xn_BTD, shifted_pre_acts(self, x_BTD, dense, cW_BTD))
+        pre_BTF, z_BTF, zW_BTD = self.novel_code(x_BTD, cW_BTD, dense, ui_BTK)
         recon_BTD = zW_BTD + cW_BTD + self.b_dec
         aux = {"context": c_BTF, "weights": w_BHT1R, "positions": pos_BHTR, "features": feat_BHTRK,
-               "contributions": contrib_BHTRK}
+               "carried": carried_M, "contributions": contrib_M}
         return SAEOutput(z_BTF, z_BTF + c_BTF, recon_BTD, pre_BTF, aux)
 
-    def context(self, w_BHTR: Tensor, pos_BHTR: Tensor, uv_BTK: Tensor, ui_BTK: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(c [B, T, F], carried [B, T, F] bool: c's support, the candidates' features and contributions
-        [B, H, T, R, Kv]) given each head's weights w and positions of its R attended slots and each
-        position's values (uv, ui) [B, T, Kv]: the majority rule and c_t of the module docstring.
+    def novel_code(self, x_BTD: Tensor, cW_BTD: Tensor, dense: tuple[Tensor, Tensor], ui_BTK: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``topk_code(x - c W_dec)`` given ``dense = dense_pre_acts(self, x)`` and the values' latents ui.
+
+        While the context carries nothing (at init, and in runs where no carry opens) x - c W_dec is x
+        bit for bit: its pre-activations are ``dense`` (no second encoder product) and its top k are
+        among the values' top k_values (no second selection over d_sae). Recomputing only the shifted
+        positions would be cheaper still, but a matrix product's rounding depends on how many rows it
+        is given, and causality and document resets are tested bit for bit: the second product is
+        all or nothing.
+        """
+        k, xn_BTD = self.cfg.k, x_BTD - cW_BTD  # c's gradient through the novel code flows via xn either way
+        if cW_BTD.any() or ui_BTK.shape[-1] < k:
+            return self.topk_code(xn_BTD)
+        among_BTk = dense[0].gather(-1, ui_BTK).topk(k, dim=-1, sorted=False).indices
+        return self.topk_code(xn_BTD, dense, ui_BTK.gather(-1, among_BTk))
+
+    def context(self, w_BHTR: Tensor, pos_BHTR: Tensor, uv_BTK: Tensor, ui_BTK: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """(c [B, T, F], carried [B, T, F] bool: c's support, the candidates' features [B, H, T, R, Kv],
+        the carried candidates' flat indices into them [M] and their contributions [M]) given each
+        head's weights w and positions of its R attended slots and each position's values (uv, ui)
+        [B, T, Kv]: the majority rule and c_t of the module docstring. The contributions stay [M]: a
+        [B, H, T, R, Kv] copy, zero but for them, would be written every step for the readers below.
 
         Some forty operations on millions of candidates, each too small to gain from a second thread:
         they run on one (``OneThread``), forward and backward.
@@ -261,6 +278,13 @@ class AttentionSAE(TopKSAE, ContextualSAE):
         return OneThread.apply(carry_rule, w_BHTR, pos_BHTR, uv_BTK, ui_BTK, self.gain(), mix_BTF)
 
     # -- reading the context pathway ----------------------------------------------------------------
+    @staticmethod
+    def contributions(out: SAEOutput) -> Tensor:
+        """[B, H, T, R, Kv] each attended candidate's contribution to c (0 where it is not carried)."""
+        feat = out.aux["features"]
+        dense = out.aux["contributions"].new_zeros(feat.numel())
+        return dense.index_put_((out.aux["carried"],), out.aux["contributions"]).view(feat.shape)
+
     @torch.no_grad()
     def attribute(self, out: SAEOutput, b: int, t: int, i: int) -> list[tuple[int, float]]:
         """(position, contribution) pairs summing to effective_codes[b, t, i].
@@ -271,7 +295,7 @@ class AttentionSAE(TopKSAE, ContextualSAE):
         contrib_S = torch.zeros(out.codes.shape[1], dtype=out.codes.dtype, device=out.codes.device)
         mine_HRK = out.aux["features"][b, :, t] == i
         pos_HRK = out.aux["positions"][b, :, t, :, None].expand_as(mine_HRK)
-        contrib_S.index_add_(0, pos_HRK[mine_HRK], out.aux["contributions"][b, :, t][mine_HRK])
+        contrib_S.index_add_(0, pos_HRK[mine_HRK], self.contributions(out)[b, :, t][mine_HRK])
         events = [(s, contrib_S[s].item()) for s in range(t) if contrib_S[s] != 0]
         if out.codes[b, t, i] != 0:
             events.append((t, out.codes[b, t, i].item()))
@@ -291,7 +315,7 @@ class AttentionSAE(TopKSAE, ContextualSAE):
         u_s[i], not a_s[i]).
         """
         B, T, Fs = out.codes.shape
-        contrib = out.aux["contributions"]
+        contrib = self.contributions(out)
         source = batch_rows(out.aux["positions"])[..., None] * Fs + out.aux["features"]  # (b T + s) F + i
         a_at_source = out.effective_codes.reshape(-1).take(source)
         unsent = (contrib != 0) & (a_at_source == 0)

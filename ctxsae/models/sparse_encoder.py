@@ -75,6 +75,7 @@ class OneThread(torch.autograd.Function):
     @staticmethod
     def forward(ctx, fn, *inputs):
         device = next(x.device for x in inputs if isinstance(x, Tensor))
+        ctx.set_materialize_grads(False)
         leaves = [x.detach().requires_grad_(x.requires_grad) if isinstance(x, Tensor) else x for x in inputs]
         with torch.set_grad_enabled(any(ctx.needs_input_grad)), one_thread_on_cpu(device):
             outputs = fn(*leaves)
@@ -195,21 +196,6 @@ def dense_pre_acts(sae: SAE, x_BTD: Tensor) -> tuple[Tensor, Tensor]:
     return pre, b_F
 
 
-def shifted_pre_acts(sae: SAE, x_BTD: Tensor, dense: tuple[Tensor, Tensor], shift_BTD: Tensor) -> tuple[Tensor, Tensor]:
-    """``dense_pre_acts(sae, x_BTD - shift_BTD)`` given ``dense = dense_pre_acts(sae, x_BTD)``: no second
-    product when the shift is zero everywhere (then x - shift is x bit for bit).
-
-    Attention's novel codes read x minus what the context explains; while every carry is closed
-    (at init, and in runs where none opens) that is x itself, and the second encoder pass would
-    repeat the first. Recomputing only the shifted positions would be cheaper still, but a matrix
-    product's rounding depends on how many rows it is given, and causality and document resets are
-    tested bit for bit: the second product is all or nothing.
-    """
-    if not shift_BTD.any():
-        return dense
-    return dense_pre_acts(sae, x_BTD - shift_BTD)
-
-
 def select(sae: SAE, x_BTD: Tensor, b_F: Tensor, pre: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
     """(chosen pre-activations, dense pre-activations), both on the graph; ``idx`` indexes ``pre.flatten()``.
 
@@ -226,14 +212,17 @@ def row_offsets(idx_NK: Tensor, d_sae: int) -> Tensor:
     return idx_NK + rows * d_sae
 
 
-def encode_topk(sae: SAE, x_BTD: Tensor, k: int, dense: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+def encode_topk(sae: SAE, x_BTD: Tensor, k: int, dense: tuple[Tensor, Tensor] | None = None,
+                idx: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """(values [.., k] after ReLU, their latent indices [.., k], dense pre-activations [.., d_sae]) of
     TopK_k(ReLU(pre_acts(x))), with the encoder's gradient formed from the k chosen entries.
 
     Values and indices are those of ``topk_relu(sae.pre_acts(x), k)``. ``dense``: the result of
-    ``dense_pre_acts(sae, x_BTD)`` where the caller has it already.
+    ``dense_pre_acts(sae, x_BTD)`` where the caller has it already; ``idx``: the top k's latents
+    where the caller found them another way (their order may differ from ``topk``'s).
     """
     pre, b_F = dense if dense is not None else dense_pre_acts(sae, x_BTD)
-    idx = pre.topk(k, dim=-1, sorted=False).indices
+    if idx is None:
+        idx = pre.topk(k, dim=-1, sorted=False).indices
     vals, pre = select(sae, x_BTD, b_F, pre, row_offsets(idx, sae.d_sae))
     return vals.relu(), idx, pre

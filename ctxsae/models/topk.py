@@ -87,10 +87,11 @@ class TopKSAE(SAE):
         pre_BTF, codes_BTF, decoded_BTD = self.topk_code(x_BTD)
         return SAEOutput(codes_BTF, codes_BTF, decoded_BTD + self.b_dec, pre_BTF, {})
 
-    def topk_code(self, x_BTD: Tensor, dense: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    def topk_code(self, x_BTD: Tensor, dense: tuple[Tensor, Tensor] | None = None,
+                  idx_BTK: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """(pre-activations [B, T, F], TopK codes [B, T, F], codes W_dec [B, T, D] without b_dec) of x_BTD;
-        ``dense`` as ``encode_topk`` takes it."""
-        vals_BTK, idx_BTK, pre_BTF = encode_topk(self, x_BTD, self.cfg.k, dense)
+        ``dense`` and ``idx`` as ``encode_topk`` takes them."""
+        vals_BTK, idx_BTK, pre_BTF = encode_topk(self, x_BTD, self.cfg.k, dense, idx_BTK)
         codes_BTF = torch.zeros_like(pre_BTF).scatter(-1, idx_BTK, vals_BTK)
         decoded_BTD = decode_sparse(self.W_dec, idx_BTK.flatten(0, 1), vals_BTK.flatten(0, 1)).view_as(x_BTD)
         return pre_BTF, codes_BTF, decoded_BTD

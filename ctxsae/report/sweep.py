@@ -86,11 +86,13 @@ def row_of(job: Path, sweep: Path) -> dict:
     launched = job / ".hydra"
     overrides = OmegaConf.load(launched / "overrides.yaml") if (launched / "overrides.yaml").exists() else []
     row["overrides"] = " ".join(o for o in overrides if not o.startswith("+sweep="))
-    # Variants of one class are separate curves: name them by their ablation choice (conf/ablation/) and by a
-    # loss chosen on the command line or by the sweep instead of by the model's config (loss=temporal_contrastive).
+    # Variants of one class are separate curves: name them by their ablation choice (conf/ablation/), by a
+    # loss chosen on the command line or by the sweep instead of by the model's config (loss=temporal_contrastive)
+    # and by the model fields set there, but for its sparsity (k) and width (part of the setting).
     ablation = OmegaConf.select(OmegaConf.load(launched / "hydra.yaml"), "hydra.runtime.choices.ablation",
                                 default=None) if (launched / "hydra.yaml").exists() else None
-    variant = ([ablation] if ablation else []) + [o for o in overrides if o.startswith("loss=")]
+    fields = [o.removeprefix("model.") for o in overrides if o.startswith("model.") and o.split("=")[0] not in ("model.k", "model.d_sae")]
+    variant = ([ablation] if ablation else []) + [o for o in overrides if o.startswith("loss=")] + fields
     row["group"] = f"{row['model']} ({', '.join(variant)})" if variant else row["model"]
     row["setting"] = setting_of(cfg)
     return row

@@ -64,10 +64,13 @@ def test_l0_is_matched_against_the_baseline_front_at_equal_fvu(tmp_path):
     assert "L0 at matched FVU" in (tmp_path / "report.md").read_text()
 
 
-def test_a_loss_chosen_apart_from_the_model_is_its_own_curve(tmp_path):
+def test_a_loss_or_model_field_chosen_apart_from_the_model_is_its_own_curve(tmp_path):
     matryoshka = "ctxsae.models.matryoshka.MatryoshkaSAE"
-    for name, overrides in (("m", ["model=matryoshka"]), ("m_tc", ["model=matryoshka", "loss=temporal_contrastive"])):
+    for name, overrides in (("m", ["model=matryoshka", "model.k=8", "model.d_sae=64"]),
+                            ("m_tc", ["model=matryoshka", "loss=temporal_contrastive"]),
+                            ("m_g", ["model=matryoshka", "model.k=8", "model.prefix_fractions=[0.5]"])):
         job(tmp_path, name, model=matryoshka, summary={"model": "MatryoshkaSAE", "fvu": 0.2, "l0": 8.0, "l0_effective": 8.0})
         OmegaConf.save(OmegaConf.create(overrides), tmp_path / name / ".hydra" / "overrides.yaml")
     groups = {r["run"]: r["group"] for r in report(tmp_path)}
-    assert groups == {"m": "MatryoshkaSAE", "m_tc": "MatryoshkaSAE (loss=temporal_contrastive)"}
+    assert groups == {"m": "MatryoshkaSAE", "m_tc": "MatryoshkaSAE (loss=temporal_contrastive)",
+                      "m_g": "MatryoshkaSAE (prefix_fractions=[0.5])"}
