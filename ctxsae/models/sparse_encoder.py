@@ -75,7 +75,7 @@ class OneThread(torch.autograd.Function):
     @staticmethod
     def forward(ctx, fn, *inputs):
         device = next(x.device for x in inputs if isinstance(x, Tensor))
-        ctx.set_materialize_grads(False)
+        ctx.set_materialize_grads(False)  # an output no one reads (aux only) sends None, not a zero tensor of its size
         leaves = [x.detach().requires_grad_(x.requires_grad) if isinstance(x, Tensor) else x for x in inputs]
         with torch.set_grad_enabled(any(ctx.needs_input_grad)), one_thread_on_cpu(device):
             outputs = fn(*leaves)
