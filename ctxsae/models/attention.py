@@ -178,6 +178,12 @@ def carry_rule(w_BHTR: Tensor, pos_BHTR: Tensor, uv_BTK: Tensor, ui_BTK: Tensor,
     return c_BTF, carried_BTF, feat_BHTRK, carried_M, contrib_M
 
 
+def spread(carried_M: Tensor, contrib_M: Tensor, feat_BHTRK: Tensor) -> Tensor:
+    """[B, H, T, R, Kv] each attended candidate's contribution to c (0 where it is not carried), from the
+    carried candidates' flat indices and contributions [M] that ``carry_rule`` returns."""
+    return contrib_M.new_zeros(feat_BHTRK.numel()).index_put((carried_M,), contrib_M).view(feat_BHTRK.shape)
+
+
 class AttentionSAE(TopKSAE, ContextualSAE):
     """k (``cfg.k``) novel codes per position, plus what the context carries."""
 
@@ -214,7 +220,7 @@ class AttentionSAE(TopKSAE, ContextualSAE):
         """aux: "context" c [B, T, F]; "weights" [B, H, T, 1 + R] (the null slot first), "positions"
         [B, H, T, R], "features" [B, H, T, R, Kv] of each head's attended candidates and the carried
         ones' flat indices into them and contributions, "carried" and "contributions" [M], for
-        ``attribute`` and ``context_stats`` (``contributions`` spreads them over the candidates)."""
+        ``attribute`` and ``context_stats`` (``spread`` lays them out over the candidates)."""
         B, T, _ = x_BTD.shape
         H, R, Kv = self.cfg.n_heads, min(self.cfg.n_attend, T), self.cfg.k_values
         d_head = self.cfg.d_head
@@ -280,13 +286,6 @@ class AttentionSAE(TopKSAE, ContextualSAE):
         return OneThread.apply(carry_rule, w_BHTR, pos_BHTR, uv_BTK, ui_BTK, self.gain(), mix_BTF)
 
     # -- reading the context pathway ----------------------------------------------------------------
-    @staticmethod
-    def contributions(out: SAEOutput) -> Tensor:
-        """[B, H, T, R, Kv] each attended candidate's contribution to c (0 where it is not carried)."""
-        feat = out.aux["features"]
-        dense = out.aux["contributions"].new_zeros(feat.numel())
-        return dense.index_put_((out.aux["carried"],), out.aux["contributions"]).view(feat.shape)
-
     @torch.no_grad()
     def attribute(self, out: SAEOutput, b: int, t: int, i: int) -> list[tuple[int, float]]:
         """(position, contribution) pairs summing to effective_codes[b, t, i].
@@ -297,7 +296,8 @@ class AttentionSAE(TopKSAE, ContextualSAE):
         contrib_S = torch.zeros(out.codes.shape[1], dtype=out.codes.dtype, device=out.codes.device)
         mine_HRK = out.aux["features"][b, :, t] == i
         pos_HRK = out.aux["positions"][b, :, t, :, None].expand_as(mine_HRK)
-        contrib_S.index_add_(0, pos_HRK[mine_HRK], self.contributions(out)[b, :, t][mine_HRK])
+        contrib_HRK = spread(out.aux["carried"], out.aux["contributions"], out.aux["features"])[b, :, t]
+        contrib_S.index_add_(0, pos_HRK[mine_HRK], contrib_HRK[mine_HRK])
         events = [(s, contrib_S[s].item()) for s in range(t) if contrib_S[s] != 0]
         if out.codes[b, t, i] != 0:
             events.append((t, out.codes[b, t, i].item()))
@@ -317,7 +317,7 @@ class AttentionSAE(TopKSAE, ContextualSAE):
         u_s[i], not a_s[i]).
         """
         B, T, Fs = out.codes.shape
-        contrib = self.contributions(out)
+        contrib = spread(out.aux["carried"], out.aux["contributions"], out.aux["features"])
         source = batch_rows(out.aux["positions"])[..., None] * Fs + out.aux["features"]  # (b T + s) F + i
         a_at_source = out.effective_codes.reshape(-1).take(source)
         unsent = (contrib != 0) & (a_at_source == 0)

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from ctxsae.data.synthetic import SyntheticConfig, generate
 from ctxsae.metrics.basic import fvu, l0
 from ctxsae.models import build_sae
-from ctxsae.models.attention import AttentionConfig, AttentionSAE
+from ctxsae.models.attention import AttentionConfig, AttentionSAE, spread
 from ctxsae.models.base import window_starts
 from ctxsae.models.topk import TopKConfig, TopKSAE
 from ctxsae.train.objective import LossConfig
@@ -82,7 +82,7 @@ def test_context_matches_the_reference_form_exactly(dtype, value_rank):
     params = [p for p in (sae.head_logit, sae.carry_logit, sae.value_A, sae.value_B) if p is not None]
     def fast_context(*args):  # the carried candidates' contributions spread over all candidates, as the reference has them
         c, carried, feat, carried_M, contrib_M = sae.context(*args)
-        return c, carried, feat, contrib_M.new_zeros(feat.numel()).index_put((carried_M,), contrib_M).view(feat.shape)
+        return c, carried, feat, spread(carried_M, contrib_M, feat)
 
     grads = []
     for context in (fast_context, lambda *a: reference_context(sae, *a)):
