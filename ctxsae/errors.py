@@ -4,7 +4,7 @@ Their message is one line that names the fix; the entry points (``entry_point``)
 a traceback and exit with status 1. Anything else is a bug and keeps its traceback. A ``Notice``
 (something went wrong and was fixed, e.g. a damaged cache shard re-extracted) is a warning the entry
 points print as one line. The entry points also drop third-party noise that says nothing about the
-run (``quiet_third_party``).
+run (``quiet_third_party``) and keep freed host memory for the next step (``ctxsae.host_memory``).
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import sys
 import warnings
 from collections.abc import Callable
 from typing import TypeVar
+
+from ctxsae.host_memory import keep_freed_memory
 
 F = TypeVar("F", bound=Callable)
 
@@ -70,10 +72,11 @@ _python_format_warning = warnings.formatwarning
 def entry_point(main: F) -> F:
     """An entry point's main: a ``UserError`` (also one raised inside Hydra's ``instantiate``) becomes
     ``error: <message>`` on stderr and exit status 1, with no traceback; a ``Notice`` prints as
-    ``warning: <message>``; third-party noise is quieted."""
+    ``warning: <message>``; third-party noise is quieted; freed host memory is kept (``keep_freed_memory``)."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
+        keep_freed_memory()
         quiet_third_party()
         warnings.formatwarning = _format_warning
         try:

@@ -5,7 +5,9 @@ timed in alternation under the same load still does. Each ``bench_*`` function r
 entry ``{"figure", "ratio", "target", "met", "detail"}`` (or ``"skipped": reason``).
 
 Timing: ``warmup`` untimed calls, then the median of ``repeats`` timed calls. When two paths are
-compared, their repeats alternate (A, B, A, B, ...) so a load spike hits both.
+compared, their repeats alternate (A, B, A, B, ...) so a load spike hits both. ``python -m ctxsae.bench``
+keeps freed host memory as the entry points do (``ctxsae.host_memory``; the report's
+``machine.freed_memory_kept`` says whether it took effect).
 
 A *training step* is what SAEModule does per batch, without Lightning: forward, loss
 (``compute_loss``), backward, decoder-gradient projection, Adam step, decoder renormalisation.
@@ -41,9 +43,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ctxsae.data.source import ActivationChunk
-from ctxsae.cache.store import CacheConfig, open_or_build
 from ctxsae.cache.dataset import Windows
+from ctxsae.cache.store import CacheConfig, open_or_build
+from ctxsae.data.source import ActivationChunk
+from ctxsae.host_memory import keep_freed_memory
 from ctxsae.models import build_sae
 from ctxsae.models.base import SAE, window_starts
 from ctxsae.models.topk import TopKConfig, TopKSAE
@@ -543,6 +546,7 @@ def bench_end_to_end(d_in: int, d_sae: int, k: int, batch_tokens: int, n_ctx: in
 
 def _memory_child(root: str, d_in: int, n_ctx: int, n_windows: int, batch_windows: int) -> None:
     """Runs in a fresh process: one pass over the training batches, then print peak RSS (JSON)."""
+    keep_freed_memory()  # as train.py's process allocates
     dm = datamodule(RandomSource(d_in, n_ctx, n_windows), root, batch_windows)
     setup = _status()
     # Reset the high-water mark (Linux >= 4.0), so the pass's peak is not the setup's (which reads up
