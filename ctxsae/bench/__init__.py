@@ -381,8 +381,8 @@ def bench_saelens(d_in: int, d_sae: int, k: int, batch_tokens: int, n_ctx: int, 
     for name, (ours, theirs) in pairs.items():
         t_ours, t_theirs = paired_times(ours, theirs, warmup, repeats)
         detail[name] = {"ratio": t_theirs / t_ours, "ours_tokens_per_s": N / t_ours, "saelens_tokens_per_s": N / t_theirs}
-    ratio = detail["topk"]["ratio"]
-    return entry(figure, ratio, ">= 2.0", ratio >= 2.0, **detail)
+    ratio, target = detail["topk"]["ratio"], 3.5 if device == "cpu" else 2.0  # issue 10's CPU target; the first one elsewhere
+    return entry(figure, ratio, f">= {target}", ratio >= target, **detail)
 
 
 def sparsify_step_fn(d_in: int, d_sae: int, k: int, x_ND: torch.Tensor, lr: float = 1e-4) -> Callable[[], None]:
