@@ -10,6 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # Lowest first: a module may import its own package and any package of a lower layer.
 LAYERS = [
+    ["host_memory"],
     ["errors"],
     ["ranges"],
     ["data"],
