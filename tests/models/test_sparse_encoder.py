@@ -38,7 +38,7 @@ def build(cls, device, **kw):
         sae.b_dec.normal_()  # b_dec is folded into the encoder bias: give it a gradient worth checking
         if isinstance(sae, RecurrentSAE):
             sae.retention_raw.uniform_(0.0, 0.12)  # some latents hold, some decay, some are closed
-        if isinstance(sae, AttentionSAE):
+        if isinstance(sae, AttentionSAE) and "carry_init" not in kw:
             sae.carry_logit[::2] = 1.0  # half the features carry: the second pass's input has a gradient
         if isinstance(sae, TFASAE):
             sae.gain.fill_(0.5)  # the prediction is open: the residual's codes depend on the attention maps
@@ -47,6 +47,7 @@ def build(cls, device, **kw):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("cls,kw", [(TopKSAE, {}), (BatchTopKSAE, {}), (RecurrentSAE, {}), (AttentionSAE, {}),
+                                    (AttentionSAE, {"carry_init": -0.1}),  # closed: no value has a gradient
                                     (TFASAE, {"bottleneck_factor": 8})])
 @pytest.mark.parametrize("auxk", [False, True])
 def test_values_and_gradients_match_plain_autograd(cls, kw, auxk, device, monkeypatch):
