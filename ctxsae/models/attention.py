@@ -146,6 +146,12 @@ def batch_rows(pos_BHTR: Tensor) -> Tensor:
 def carry_rule(w_BHTR: Tensor, pos_BHTR: Tensor, uv_BTK: Tensor, ui_BTK: Tensor, g_HF: Tensor,
                mix_BTF: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``AttentionSAE.context`` given the gains g [H, F] and, with ``value_rank > 0``, the mixed values [B, T, F]."""
+    if not g_HF.detach().any():
+        # Every carry closed (at init; in runs where none opens): c = g (...) = 0, and its gradient reaches
+        # the gains alone (rho's straight-through); the weights' and values' is exactly 0 (``OneThread``
+        # passes zeros on), so the rule runs without their graph: no backward over the 4M candidates.
+        w_BHTR, uv_BTK = w_BHTR.detach(), uv_BTK.detach()
+        mix_BTF = None if mix_BTF is None else mix_BTF.detach()
     B, H, T, R = w_BHTR.shape
     Kv, Fs = ui_BTK.shape[-1], g_HF.shape[-1]
     device = w_BHTR.device

@@ -68,7 +68,9 @@ class OneThread(torch.autograd.Function):
     split across threads, and on a loaded machine each split can wait a scheduler slice for its
     second thread. The block runs with its own autograd graph, built in the forward pass and
     differentiated in the backward pass on one thread: the same operations, so the same values and
-    gradients. ``fn`` returns a tuple of tensors; those that are not floating point carry no gradient.
+    gradients. An input ``fn`` does not differentiate through gets a zero gradient, not None: the
+    optimizer then steps its parameters as it would through a block that multiplies them by 0.
+    ``fn`` returns a tuple of tensors; those that are not floating point carry no gradient.
     Use ``OneThread.apply(fn, *inputs)``; not twice differentiable.
     """
 
@@ -92,7 +94,7 @@ class OneThread(torch.autograd.Function):
         found = [None] * len(wanted)
         if pairs and wanted:
             with one_thread_on_cpu(ctx.device):
-                found = torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs], allow_unused=True)
+                found = torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs], materialize_grads=True)
         found = iter(found)
         return (None, *(next(found) if isinstance(x, Tensor) and x.requires_grad else None for x in leaves))
 

@@ -67,9 +67,13 @@ def reference_context(sae: AttentionSAE, w_BHTR, pos_BHTR, uv_BTK, ui_BTK):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("value_rank", [0, 3])
-def test_context_matches_the_reference_form_exactly(dtype, value_rank):
-    """Values and gradients bit for bit: the fast path sums the same terms in the same order."""
+@pytest.mark.parametrize("closed", [False, True])
+def test_context_matches_the_reference_form_exactly(dtype, value_rank, closed):
+    """Values and gradients bit for bit: the fast path sums the same terms in the same order (with every
+    carry closed it skips the weights' and values' graph: their gradient must still be the reference's 0)."""
     sae = open_sae(dtype, value_rank).train()
+    if closed:
+        torch.nn.init.constant_(sae.carry_logit, -0.1)
     g = torch.Generator().manual_seed(2)
     Bc, H, Tc, R, Kv = 4, sae.cfg.n_heads, 40, 5, 12
     uv_BTK = (torch.rand(Bc, Tc, Kv, generator=g, dtype=dtype) - 0.2).relu().requires_grad_()  # some values 0: off
