@@ -183,9 +183,10 @@ class SelectedPreActs(torch.autograd.Function):
         if grad_vals is None:
             return None, None, None, None, None
         flat, g = idx.flatten(), grad_vals.flatten().to(dtype)
-        live = g.nonzero().squeeze(1)  # an entry whose gradient is exactly 0 adds nothing to any product
-        if len(live) < len(g):  # (a value ReLU'd to 0; an attention value no carry reads: all of them while closed)
-            flat, g = flat.index_select(0, live), g.index_select(0, live)
+        if g.device.type == "cpu":  # (on a GPU, nonzero would wait for the device every step)
+            live = g.nonzero().squeeze(1)  # an entry whose gradient is exactly 0 adds nothing to any product
+            if len(live) < len(g):  # (a value ReLU'd to 0; an attention value no carry reads: all of them while closed)
+                flat, g = flat.index_select(0, live), g.index_select(0, live)
         rows, cols = flat // n_latents, flat % n_latents
         grad_x = transposed_sparse_product(cols, rows, g, W_enc.T.contiguous(), N) if need_x else None
         grad_W = transposed_sparse_product(rows, cols, g, x_ND.to(dtype), n_latents).T if need_W else None
