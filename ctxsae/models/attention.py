@@ -45,10 +45,11 @@ kept only where those positions hold most of a head's attention. Design choices,
   slot, gradient through the kept scores as in TopK), so the context costs O(T n_attend kv) per
   head and query; p (below) is summed per feature a few rows at a time (``SameFeatureSum``), and
   what follows the majority rule is computed for the carried candidates only. Masking (causal,
-  same document) is an additive -inf bias. A whole training step still costs 2.3-2.6x TopK's at
+  same document) is an additive -inf bias. A whole training step still costs ~2.0x TopK's at
   d_in 576, d_sae 2304, 2048 tokens with the defaults (k_values 64, n_attend 8, 4 heads; one
-  thread) while the carry is closed, ~3.4x once it is open: the top k_values selection over d_sae,
-  the 4M candidates and, once c != 0, the second encoder product and top-k remain.
+  thread) while the carry is closed (the rule then runs without the weights' graph), ~3.1x once
+  it is open: the top k_values selection over d_sae, the 4M candidates' backward and, once
+  c != 0, the second encoder product and top-k remain.
 * **Exact sparsity by majority.** Soft weights smear: a feature on at any attended position would
   get a small carried value. Feature i is carried only where more than half of a head's attention
   sits on positions where it was on; elsewhere c is exactly 0. The rule is parameter-free and
