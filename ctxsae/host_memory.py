@@ -24,9 +24,20 @@ M_MMAP_MAX = -4  # the most requests served by mmap at once; 0: none, all come f
 KEEP_BYTES = 1 << 30
 
 
+def on_glibc() -> bool:
+    """Linux with glibc's malloc, the allocator ``keep_freed_memory`` configures."""
+    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+
+def is_allocator_setting(name: str) -> bool:
+    """An environment variable that sets glibc's malloc tunables (MALLOC_*, GLIBC_TUNABLES) or preloads
+    another allocator (LD_PRELOAD: jemalloc, tcmalloc)."""
+    return name.startswith("MALLOC_") or name in ("GLIBC_TUNABLES", "LD_PRELOAD")
+
+
 def allocator_chosen_by_user() -> bool:
-    """The user set glibc's malloc tunables (MALLOC_*, GLIBC_TUNABLES) or preloaded another allocator (jemalloc, tcmalloc)."""
-    return any(name.startswith("MALLOC_") for name in os.environ) or "GLIBC_TUNABLES" in os.environ or "LD_PRELOAD" in os.environ
+    """Some ``is_allocator_setting`` variable is set: the user chose the allocator's behaviour."""
+    return any(is_allocator_setting(name) for name in os.environ)
 
 
 def keep_freed_memory() -> bool:
@@ -35,7 +46,7 @@ def keep_freed_memory() -> bool:
     True where it took effect; False off glibc (macOS, musl) or where the user chose the allocator's
     settings (``allocator_chosen_by_user``): theirs stand.
     """
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc" or allocator_chosen_by_user():
+    if not on_glibc() or allocator_chosen_by_user():
         return False
     libc = ctypes.CDLL("libc.so.6")
     return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, KEEP_BYTES))

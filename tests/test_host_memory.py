@@ -1,16 +1,13 @@
 """keep_freed_memory: training steps reuse freed pages instead of faulting fresh ones in (counted, not timed)."""
 
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from ctxsae.host_memory import keep_freed_memory
-
-GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+from ctxsae.host_memory import is_allocator_setting, keep_freed_memory, on_glibc
 
 # Three TopK steps after three warm-up steps, 4096 tokens x 2304 latents: each [tokens, d_sae]
 # temporary is 38 MB, above the largest size glibc would serve from its heap by default.
@@ -32,14 +29,14 @@ print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 
 def page_faults_of_steps(mode: str) -> tuple[bool, int]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k not in ("LD_PRELOAD", "GLIBC_TUNABLES")}
+    env = {k: v for k, v in os.environ.items() if not is_allocator_setting(k)}
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
     out = subprocess.run([sys.executable, "-c", STEPS, mode], capture_output=True, text=True, check=True, env=env)
     kept, faults = out.stdout.split()
     return kept == "True", int(faults)
 
 
-@pytest.mark.skipif(not GLIBC, reason="glibc's allocator only")
+@pytest.mark.skipif(not on_glibc(), reason="glibc's allocator only")
 def test_steps_reuse_freed_pages_where_glibc_would_fault_them_in_again():
     kept, faults_kept = page_faults_of_steps("keep")
     _, faults_default = page_faults_of_steps("default")
