@@ -205,8 +205,13 @@ class RecurrentSAE(TopKSAE, ContextualSAE):
         # is what makes decoding cheap (as in TopK), but an entry that is 0 only because its previous
         # value was not held must still receive its gradient, which tells the retention whether
         # holding would have helped.
-        support_TBF = a_TBF.detach() != 0
-        support_TBF[1:] |= support_TBF[:-1] & carry_TB1[1:].bool()
+        # Codes and held values are >= 0, so a_t + carry_t a_{t-1} is non-zero exactly where either
+        # is: one fused pass and one comparison, where three boolean passes took ~2x as long.
+        a_now_TBF = a_TBF.detach()
+        reach_TBF = torch.empty_like(a_now_TBF)
+        reach_TBF[0] = a_now_TBF[0]
+        torch.addcmul(a_now_TBF[1:], a_now_TBF[:-1], carry_TB1[1:], out=reach_TBF[1:])
+        support_TBF = reach_TBF != 0
         recon_TBD = decode_masked(self.W_dec, a_TBF, support_TBF) + self.b_dec
         return SAEOutput(
             z_TBF.transpose(0, 1), a_TBF.transpose(0, 1), recon_TBD.transpose(0, 1), pre_BTF,

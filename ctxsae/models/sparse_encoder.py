@@ -33,6 +33,7 @@ now attached to the graph:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -107,10 +108,13 @@ def transposed_sparse_product(rows_M: Tensor, cols_M: Tensor, vals_M: Tensor, de
     the [M, D] products (empty bags are zero).
     """
     with one_thread_on_cpu(cols_M.device):
-        order_M = cols_M.argsort(stable=True)
+        # int32 keys sort in ~0.55x the time of int64 ones on the CPU, in the same (stable) order
+        order_M = (cols_M.to(torch.int32) if n_cols < 2**31 else cols_M).argsort(stable=True)
         counts = torch.bincount(cols_M, minlength=n_cols)
     offsets = counts.cumsum(0) - counts
-    return F.embedding_bag(rows_M[order_M], dense_ND, offsets, mode="sum", per_sample_weights=vals_M[order_M].to(dense_ND.dtype))
+    # index_select, not rows_M[order_M]: advanced indexing took ~12x as long on the CPU (252k entries: 2.4 ms against 0.2)
+    return F.embedding_bag(rows_M.index_select(0, order_M), dense_ND, offsets, mode="sum",
+                           per_sample_weights=vals_M.index_select(0, order_M).to(dense_ND.dtype))
 
 
 class SparseDecode(torch.autograd.Function):
@@ -141,11 +145,27 @@ class SparseDecode(torch.autograd.Function):
         W_dec, idx_M, offsets_N, rows_M, idx_L, vals_L, _, rows_L = ctx.saved_tensors
         grad_ND = grad_ND.to(W_dec.dtype).contiguous()
         grad_W = transposed_sparse_product(rows_L, idx_L, vals_L, grad_ND, W_dec.shape[0]) if ctx.needs_input_grad[0] else None
-        grad_vals = None
-        if ctx.needs_input_grad[2]:
-            grad_vals = torch.ops.aten._embedding_bag_per_sample_weights_backward(
-                grad_ND, W_dec, idx_M, offsets_N, rows_M, 0, -1).to(vals_L.dtype)
+        grad_vals = sampled_products(grad_ND, W_dec, idx_M, offsets_N, rows_M).to(vals_L.dtype) if ctx.needs_input_grad[2] else None
         return grad_W, None, grad_vals, None, None, None
+
+
+def sampled_products(grad_ND: Tensor, W_dec: Tensor, idx_M: Tensor, offsets_N: Tensor, rows_M: Tensor) -> Tensor:
+    """<grad[rows_j], W_dec[idx_j]> for every entry j [M]: the dense product grad W_dec^T sampled at the entries.
+
+    On the CPU this is ``torch.sparse.sampled_addmm`` (an SDDMM over the entries in CSR form: the
+    entries of a position are contiguous, which is what ``offsets`` says), whose vectorised dot
+    products took ~0.7x the time of ATen's per-sample-weights backward, one BLAS call per entry
+    (311k entries of an open recurrent SAE: 18 ms against 24). Elsewhere ATen's kernel.
+    """
+    if grad_ND.device.type != "cpu":
+        return torch.ops.aten._embedding_bag_per_sample_weights_backward(grad_ND, W_dec, idx_M, offsets_N, rows_M, 0, -1)
+    crow = torch.cat([offsets_N, offsets_N.new_tensor([len(idx_M)])])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)
+        # zeros, not empty: sampled_addmm still multiplies them by beta = 0, and 0 * (NaN garbage) is NaN
+        pattern = torch.sparse_csr_tensor(crow, idx_M, grad_ND.new_zeros(len(idx_M)), (len(offsets_N), W_dec.shape[0]),
+                                          check_invariants=False)
+        return torch.sparse.sampled_addmm(pattern, grad_ND, W_dec.T, beta=0.0).values()
 
 
 def folded_bias(sae: SAE) -> Tensor:
