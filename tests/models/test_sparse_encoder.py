@@ -92,10 +92,11 @@ def test_attention_second_pass_matches_the_full_product(carry_open, device, monk
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_sparse_decode_matches_embedding_bag_autograd_with_uneven_and_empty_bags(device):
-    """The decoder's own backward (a bag per latent) against embedding_bag's, for flat entries with offsets."""
+    """The decoder's own backward (a bag per latent; the values' gradient an SDDMM on the CPU) against
+    embedding_bag's, for flat entries with offsets, empty bags in the middle and at the end."""
     g = torch.Generator().manual_seed(0)
     W_dec = torch.randn(40, 8, generator=g).to(device).requires_grad_()
-    counts = torch.tensor([3, 0, 5, 1, 0, 7])
+    counts = torch.tensor([3, 0, 5, 1, 0, 7, 0])
     idx = torch.cat([torch.randperm(40, generator=g)[:c] for c in counts]).to(device)
     vals = torch.randn(len(idx), generator=g).to(device).requires_grad_()
     offsets = (counts.cumsum(0) - counts).to(device)
