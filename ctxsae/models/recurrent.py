@@ -157,8 +157,7 @@ class Recurrence(torch.autograd.Function):
         grad_u_TBK.mul_(sent_TBK)
         # dh_t/dlambda = a_{t-1} where t continues the document, else 0: a sum over (t, b) weighted by
         # carry, as one matrix-vector product (a pass fewer than multiplying by carry and summing).
-        F = a_TBF.shape[-1]
-        grad_lam_F = torch.mv(G_TBF[1:].mul_(a_TBF[:-1]).view(-1, F).T, carry_TB1[1:].reshape(-1))
+        grad_lam_F = torch.mv(G_TBF[1:].mul_(a_TBF[:-1]).flatten(0, 1).T, carry_TB1[1:].reshape(-1))
         return grad_u_TBK, grad_lam_F, None, None
 
 

@@ -122,7 +122,7 @@ class SparseDecode(torch.autograd.Function):
 
     ``idx``/``vals`` flat [M] with ``offsets`` [N] (where each position's entries start) and ``rows``
     [M] (the position of each entry). dL/dW_dec = S^T dL/dout (``transposed_sparse_product``);
-    dL/dvals_j = <dL/dout[row_j], W_dec[idx_j]> (ATen's per-sample-weights backward).
+    dL/dvals_j = <dL/dout[row_j], W_dec[idx_j]> (``sampled_products``).
     ``skip_zeros``: entries whose value is exactly 0 (a closed carry, a value not held) add nothing to
     the output or to dL/dW_dec, so both are formed from the others; every entry still gets dL/dvals.
     """
