@@ -15,7 +15,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from ctxsae.errors import UserError
-from ctxsae.models import attention, batchtopk, jumprelu, matryoshka, mean_oracle, recurrent, region, relu, tfa, topk  # noqa: F401 (each registers its architecture)
+from ctxsae.models import attention, batchtopk, document_mean, jumprelu, matryoshka, mean_oracle, recurrent, region, relu, tfa, topk  # noqa: F401 (each registers its architecture)
 from ctxsae.models.base import ARCHITECTURES, SAE, SAEConfig
 from ctxsae.models.saelens import read_saelens
 

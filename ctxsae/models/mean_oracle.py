@@ -29,17 +29,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from ctxsae.models.base import ContextualSAE, SAEOutput, context_energy_share
+from ctxsae.models.base import SAEOutput
+from ctxsae.models.document_mean import DocumentMeanConfig, DocumentMeanSAE
 from ctxsae.models.region import running_mean
-from ctxsae.models.topk import TopKConfig, TopKSAE
 
 
 @dataclass
-class MeanOracleConfig(TopKConfig):
+class MeanOracleConfig(DocumentMeanConfig):
     _target_: str = "ctxsae.models.mean_oracle.MeanOracleSAE"
 
 
@@ -51,16 +50,12 @@ def mean_before(x_BTD: Tensor, doc_start_BT: Tensor) -> tuple[Tensor, Tensor]:
     return m_BTD * has_BT[..., None], has_BT
 
 
-class MeanOracleSAE(TopKSAE, ContextualSAE):
-    """k novel codes per position, plus the document's earlier mean read through W_ctx for free."""
+class MeanOracleSAE(DocumentMeanSAE):
+    """The document-mean SAE given the mean of earlier *activations* (not reconstructions) for free."""
 
     architecture = "mean_oracle"
     config_class = MeanOracleConfig
     cfg: MeanOracleConfig
-
-    def __init__(self, cfg: MeanOracleConfig):
-        super().__init__(cfg)
-        self.W_ctx = nn.Parameter(torch.zeros(cfg.d_in, cfg.d_in))
 
     def forward(self, x_BTD: Tensor, doc_start_BT: Tensor) -> SAEOutput:
         """aux: "context" c [B, T, D], the free term of the reconstruction."""
@@ -68,19 +63,3 @@ class MeanOracleSAE(TopKSAE, ContextualSAE):
         c_BTD = ((m_BTD - self.b_dec) @ self.W_ctx) * has_BT[..., None]
         pre_BTF, z_BTF, zW_BTD = self.topk_code(x_BTD - c_BTD)
         return SAEOutput(z_BTF, z_BTF, zW_BTD + c_BTD + self.b_dec, pre_BTF, {"context": c_BTD})
-
-    # -- reading the context pathway ----------------------------------------------------------------
-    def attribute(self, out: SAEOutput, b: int, t: int, i: int) -> list[tuple[int, float]]:
-        """The effective code is the novel code: all of it is t's (the mean is not in the dictionary basis)."""
-        z = out.codes[b, t, i].item()
-        return [(t, z)] if z != 0 else []
-
-    @torch.no_grad()
-    def context_stats(self, out: SAEOutput) -> dict[str, float]:
-        """``context_energy_share``: the free term's part of the reconstruction (c against c + z W_dec)."""
-        c_ND = out.aux["context"].flatten(0, 1)
-        return {
-            "context_params": float(self.W_ctx.numel()),
-            "context_energy_share": context_energy_share(c_ND, out.reconstruction.flatten(0, 1) - self.b_dec),
-            "context_norm_ratio": (c_ND.norm(dim=-1).mean() / (out.reconstruction - self.b_dec).norm(dim=-1).mean().clamp_min(1e-12)).item(),
-        }

@@ -20,7 +20,10 @@ that are new or changed, what a perfect hold scheme whose held values end for fr
 send; ``held_share``, the same when every stop is sent too) and the dictionary-free region-variance
 share (variance explained by the causal running mean of the document, block or language run),
 and ``region_l0_ratio``, that share turned into an L0 ratio on the cell's front; ``residual_var_document``
-and ``residual_l0_ratio``, the same for the TopK run's own residual (what a region code could add to it).
+and ``residual_l0_ratio``, the same for the TopK run's own residual (what a region code could add to it);
+``mean_oracle_l0_ratio``, the lowest novel-L0 ratio of the cell's ``MeanOracleSAE`` runs (TopK given the
+document's earlier mean for free: the region bound trained rather than assumed). Oracle runs are bounds,
+never a cell's best arm.
 
 Writes ``<out>/results.md`` and ``<out>/map/<cell>.png`` (L0 against FVU per architecture) and
 ``<out>/map/changed_share_by_layer.png``.
@@ -64,8 +67,10 @@ RUN_COLUMNS = ("arm", "fvu", "l0", "l0_effective", "l0_ratio", "l0_effective_rat
                "flicker", "onset_precision_code", "switch_auroc", "language_auroc", "already_active", "changed_share", "held_share", "fvu_held",
                "residual_var_document")
 CELL_COLUMNS = ("cell", "topk_fvu", "changed_share", "held_share", "region_var_document", "region_var_block",
-                "region_l0_ratio", "residual_var_document", "residual_l0_ratio", "best_arm", "l0_ratio", "l0_effective_ratio",
+                "region_l0_ratio", "residual_var_document", "residual_l0_ratio", "mean_oracle_l0_ratio", "best_arm", "l0_ratio", "l0_effective_ratio",
                 "l0_paid_ratio", "ce_delta")
+#: Architectures that read what no code sent, on purpose: bounds, reported beside the designs, never as one.
+ORACLES = ("MeanOracleSAE",)
 
 
 def cell_of(job: Path) -> str:
@@ -137,14 +142,16 @@ def cell_summary(cell: str, rows: list[dict], baseline: str) -> dict:
     """One line of the map: the baseline's middle run and its bounds, and the contextual run with the lowest ratio."""
     base = sorted((r for r in rows if r["model"] == baseline), key=lambda r: r["l0"])
     middle = base[len(base) // 2] if base else {}
-    others = [r for r in rows if r["model"] != baseline and r["l0_ratio"] is not None]
-    best = min(others, key=lambda r: r["l0_ratio"], default={})
+    matched = [r for r in rows if r["model"] != baseline and r["l0_ratio"] is not None]
+    best = min((r for r in matched if r["model"] not in ORACLES), key=lambda r: r["l0_ratio"], default={})
+    oracle = min((r["l0_ratio"] for r in matched if r["model"] in ORACLES), default=None)
     return {"cell": cell, "topk_fvu": middle.get("fvu"), "changed_share": middle.get("changed_share"),
             "held_share": middle.get("held_share"),
             "region_var_document": middle.get("region_var_document"), "region_var_block": middle.get("region_var_block"),
             "region_l0_ratio": region_l0_ratio(rows, middle, baseline) if middle else None,
             "residual_var_document": middle.get("residual_var_document"),
             "residual_l0_ratio": region_l0_ratio(rows, middle, baseline, of="residual_var") if middle else None,
+            "mean_oracle_l0_ratio": oracle,
             "best_arm": best.get("arm"), "l0_ratio": best.get("l0_ratio"), "l0_effective_ratio": best.get("l0_effective_ratio"),
             "l0_paid_ratio": best.get("l0_paid_ratio"), "ce_delta": best.get("ce_delta")}
 

@@ -110,7 +110,7 @@ def test_a_contextual_sae_must_say_how_to_read_its_context():
         NoAttribution(TopKConfig(d_in=8, d_sae=16, k=2))
     with pytest.raises(TypeError, match="forward"):
         SAE(SAEConfig(d_in=8, d_sae=16))
-    assert [name for name, cls in sorted(ARCHITECTURES.items()) if issubclass(cls, ContextualSAE)] == ["attention", "mean_oracle", "recurrent", "region", "tfa"]
+    assert [name for name, cls in sorted(ARCHITECTURES.items()) if issubclass(cls, ContextualSAE)] == ["attention", "document_mean", "mean_oracle", "recurrent", "region", "tfa"]
 
 
 def test_doc_start_is_checked_and_normalised_before_forward():

@@ -7,6 +7,7 @@ from ctxsae.report.map import cell_summary, map_rows, write_map
 
 TOPK, RECURRENT = "ctxsae.models.topk.TopKSAE", "ctxsae.models.recurrent.RecurrentSAE"
 ATTENTION = "ctxsae.models.attention.AttentionSAE"
+MEAN_ORACLE = "ctxsae.models.mean_oracle.MeanOracleSAE"
 BOOK = "ctxsae.data.debian_reference.DebianReferenceSource"
 
 
@@ -37,6 +38,8 @@ def test_each_cell_reads_its_contextual_runs_against_its_own_topk_front(tmp_path
     run(sweep, "r16", RECURRENT, 16, 0.2, 16.0, l0_eff=40.0, evaluated={"downstream": {"ce_recovered_zero": 0.88}})
     # Reads 24 unsent values per position: novel L0 12 looks like 3/8 of the front's 32; paying for them costs 9/8.
     run(sweep, "a12", ATTENTION, 12, 0.2, 12.0, l0_eff=70.0, evaluated={"context": {"unsent_sources_per_position": 24.0}})
+    # A bound, not a design: its decoder reads the document's mean for free. Lowest ratio (16 / 64), never the best arm.
+    run(sweep, "o16", MEAN_ORACLE, 16, 0.1, 16.0)
     # Another layer: a front of its own, never mixed with layer 8's.
     run(sweep, "t16_L24", TOPK, 16, 0.5, 16.0, layer=24, evaluated=oracle(1.2, 0.5, document=-0.02))
     run(sweep, "t32_L24", TOPK, 32, 0.4, 32.0, layer=24)
@@ -55,6 +58,7 @@ def test_each_cell_reads_its_contextual_runs_against_its_own_topk_front(tmp_path
 
     summary = cell_summary("debian_reference-n512-L8", [r for r in rows.values() if r["cell"] == "debian_reference-n512-L8"], "TopKSAE")
     assert summary["topk_fvu"] == 0.2 and summary["best_arm"] == "AttentionSAE k=12"  # the lowest novel-L0 ratio...
+    assert summary["mean_oracle_l0_ratio"] == pytest.approx(0.25)  # (the oracle's is lower: it is reported as a bound)
     assert summary["l0_paid_ratio"] == pytest.approx(36 / 32)  # ... not the lowest cost
     # A free region mean explaining 0.05 of the variance: the codes need only FVU 0.25, where the front has L0
     # 16 sqrt(2) (halfway from 32 to 16 in log L0).
@@ -67,6 +71,6 @@ def test_each_cell_reads_its_contextual_runs_against_its_own_topk_front(tmp_path
 
     write_map(sweep, tmp_path / "docs")
     md = (tmp_path / "docs" / "results.md").read_text()
-    assert "| debian_reference-n512-L8 | 0.2 | 0.85 | 0.8 | 0.05 |  | 0.7071 | 0.025 | 0.8409 | AttentionSAE k=12 | 0.375 | 2.188 | 1.125 |" in md.split("## ")[0]
+    assert "| debian_reference-n512-L8 | 0.2 | 0.85 | 0.8 | 0.05 |  | 0.7071 | 0.025 | 0.8409 | 0.25 | AttentionSAE k=12 | 0.375 | 2.188 | 1.125 |" in md.split("## ")[0]
     for png in ("changed_share_by_layer", "debian_reference-n512-L8", "debian_reference-n512-L24"):
         assert (tmp_path / "docs" / "map" / f"{png}.png").stat().st_size > 1000

@@ -1,0 +1,90 @@
+"""DocumentMeanSAE: TopK at init, the contextual rules, a receiver of the codes alone replays the reconstruction,
+and what the mean buys on synthetic data whose region features last the whole window."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ctxsae.models.base import window_starts
+from ctxsae.models.document_mean import DocumentMeanConfig, DocumentMeanSAE
+from ctxsae.models.topk import TopKConfig, TopKSAE, topk_relu
+from tests.models.test_mean_oracle import fit_fvu
+
+D, F, K, B, T = 32, 96, 4, 3, 24
+
+
+def windows(seed: int = 1) -> torch.Tensor:
+    """Windows with a per-window offset (what the mean is for) plus per-token noise."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(B, 1, D, generator=g, dtype=torch.float64) * 2 + torch.randn(B, T, D, generator=g, dtype=torch.float64)
+
+
+def open_sae(seed: int = 0) -> DocumentMeanSAE:
+    """A document-mean SAE whose read of the mean is open (at init it is closed: W_ctx = 0)."""
+    torch.manual_seed(seed)
+    sae = DocumentMeanSAE(DocumentMeanConfig(d_in=D, d_sae=F, k=K)).double()
+    with torch.no_grad():
+        sae.W_ctx.copy_(torch.eye(D) + 0.1 * torch.randn(D, D))
+    return sae
+
+
+def with_documents() -> torch.Tensor:
+    doc_start = window_starts(B, T)
+    doc_start[1, [5, 6]] = doc_start[2, 20] = True
+    return doc_start
+
+
+def test_closed_it_is_topk():
+    torch.manual_seed(0)
+    sae = DocumentMeanSAE(DocumentMeanConfig(d_in=D, d_sae=F, k=K))
+    torch.manual_seed(0)
+    topk = TopKSAE(TopKConfig(d_in=D, d_sae=F, k=K))
+    x = windows().float()
+    out, ref = sae(x, window_starts(B, T)), topk(x, window_starts(B, T))
+    assert torch.equal(out.codes, ref.codes) and out.effective_codes is out.codes
+    torch.testing.assert_close(out.reconstruction, ref.reconstruction)
+
+
+@torch.no_grad()
+def test_a_receiver_of_the_codes_alone_replays_the_reconstruction():
+    """x_hat_t = z_t W_dec + c_t + b_dec with c_t from the mean of the x_hat already replayed: nothing else is read.
+    And z_t is TopK of the pre-activations of x_t minus that c_t."""
+    sae, x, doc_start = open_sae(), windows(), with_documents()
+    out = sae(x, doc_start)
+    for b in range(B):
+        decoded = []
+        for t in range(T):
+            decoded = [] if doc_start[b, t] else decoded
+            c = torch.stack(decoded).mean(0) @ sae.W_ctx if decoded else torch.zeros(D, dtype=x.dtype)
+            x_hat = out.codes[b, t] @ sae.W_dec + c + sae.b_dec
+            torch.testing.assert_close(out.reconstruction[b, t], x_hat)
+            vals, idx = topk_relu(sae.pre_acts(x[b, t] - c), K)
+            torch.testing.assert_close(out.codes[b, t], torch.zeros(F, dtype=x.dtype).scatter(0, idx, vals))
+            decoded.append(x_hat - sae.b_dec)
+    assert sae.context_stats(out)["context_energy_share"] > 0.1  # the mean does part of the work
+
+
+def test_strictly_causal(rules):
+    rules.strictly_causal(open_sae(), windows())
+
+
+def test_document_start_resets_the_mean(rules):
+    out = rules.document_start_resets(open_sae(), windows())
+    assert torch.equal(out.aux["context"][:, 10], torch.zeros(B, D, dtype=torch.float64))
+
+
+def test_the_read_of_the_mean_learns_from_every_position():
+    sae, x = open_sae(), windows()
+    out = sae(x, with_documents())
+    (out.reconstruction - x).pow(2).sum().backward()
+    assert sae.W_ctx.grad.abs().sum() > 0 and sae.W_enc.grad.abs().sum() > 0 and sae.W_dec.grad.abs().sum() > 0
+
+
+@pytest.mark.usefixtures("single_thread")
+def test_the_mean_of_its_reconstructions_explains_a_window_long_region(fit):
+    """Opened from W_ctx = 0 by training, k = 4 codes beat TopK's 4 and 6 where the region lasts the window."""
+    mean_fvu = fit_fvu(fit, lambda: DocumentMeanSAE(DocumentMeanConfig(d_in=64, d_sae=128, k=4)))
+    topk4 = fit_fvu(fit, lambda: TopKSAE(TopKConfig(d_in=64, d_sae=128, k=4)))
+    topk6 = fit_fvu(fit, lambda: TopKSAE(TopKConfig(d_in=64, d_sae=128, k=6)))
+    assert mean_fvu < topk6 and mean_fvu < 0.8 * topk4
