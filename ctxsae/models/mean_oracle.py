@@ -29,25 +29,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch.nn.functional as F
 from torch import Tensor
 
 from ctxsae.models.base import SAEOutput
-from ctxsae.models.document_mean import DocumentMeanConfig, DocumentMeanSAE
-from ctxsae.models.region import running_mean
+from ctxsae.models.document_mean import DocumentMeanSAE
+from ctxsae.models.topk import TopKConfig
 
 
 @dataclass
-class MeanOracleConfig(DocumentMeanConfig):
+class MeanOracleConfig(TopKConfig):
     _target_: str = "ctxsae.models.mean_oracle.MeanOracleSAE"
-
-
-def mean_before(x_BTD: Tensor, doc_start_BT: Tensor) -> tuple[Tensor, Tensor]:
-    """(m [B, T, D]: the mean of x over t's document strictly before t, 0 where there is none;
-    whether there is [B, T])."""
-    m_BTD = F.pad(running_mean(x_BTD, doc_start_BT)[:, :-1], (0, 0, 1, 0))
-    has_BT = ~doc_start_BT
-    return m_BTD * has_BT[..., None], has_BT
 
 
 class MeanOracleSAE(DocumentMeanSAE):
@@ -59,7 +50,4 @@ class MeanOracleSAE(DocumentMeanSAE):
 
     def forward(self, x_BTD: Tensor, doc_start_BT: Tensor) -> SAEOutput:
         """aux: "context" c [B, T, D], the free term of the reconstruction."""
-        m_BTD, has_BT = mean_before(x_BTD, doc_start_BT)
-        c_BTD = ((m_BTD - self.b_dec) @ self.W_ctx) * has_BT[..., None]
-        pre_BTF, z_BTF, zW_BTD = self.topk_code(x_BTD - c_BTD)
-        return SAEOutput(z_BTF, z_BTF, zW_BTD + c_BTD + self.b_dec, pre_BTF, {"context": c_BTD})
+        return self.read_activation_mean(x_BTD, doc_start_BT)

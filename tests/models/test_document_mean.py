@@ -8,6 +8,7 @@ import torch
 
 from ctxsae.models.base import window_starts
 from ctxsae.models.document_mean import DocumentMeanConfig, DocumentMeanSAE
+from ctxsae.models.mean_oracle import MeanOracleConfig, MeanOracleSAE
 from ctxsae.models.topk import TopKConfig, TopKSAE, topk_relu
 from tests.models.test_mean_oracle import fit_fvu
 
@@ -20,13 +21,13 @@ def windows(seed: int = 1) -> torch.Tensor:
     return torch.randn(B, 1, D, generator=g, dtype=torch.float64) * 2 + torch.randn(B, T, D, generator=g, dtype=torch.float64)
 
 
-def open_sae(seed: int = 0) -> DocumentMeanSAE:
-    """A document-mean SAE whose read of the mean is open (at init it is closed: W_ctx = 0)."""
+def open_sae(seed: int = 0, teacher_forcing: bool = True) -> DocumentMeanSAE:
+    """A document-mean SAE in eval mode whose read of the mean is open (at init it is closed: W_ctx = 0)."""
     torch.manual_seed(seed)
-    sae = DocumentMeanSAE(DocumentMeanConfig(d_in=D, d_sae=F, k=K)).double()
+    sae = DocumentMeanSAE(DocumentMeanConfig(d_in=D, d_sae=F, k=K, teacher_forcing=teacher_forcing)).double()
     with torch.no_grad():
         sae.W_ctx.copy_(torch.eye(D) + 0.1 * torch.randn(D, D))
-    return sae
+    return sae.eval()
 
 
 def with_documents() -> torch.Tensor:
@@ -41,9 +42,11 @@ def test_closed_it_is_topk():
     torch.manual_seed(0)
     topk = TopKSAE(TopKConfig(d_in=D, d_sae=F, k=K))
     x = windows().float()
-    out, ref = sae(x, window_starts(B, T)), topk(x, window_starts(B, T))
-    assert torch.equal(out.codes, ref.codes) and out.effective_codes is out.codes
-    torch.testing.assert_close(out.reconstruction, ref.reconstruction)
+    ref = topk(x, window_starts(B, T))
+    for mode in (sae.train, sae.eval):  # teacher-forced and from its codes
+        out = mode()(x, window_starts(B, T))
+        assert torch.equal(out.codes, ref.codes) and out.effective_codes is out.codes
+        torch.testing.assert_close(out.reconstruction, ref.reconstruction)
 
 
 @torch.no_grad()
@@ -74,8 +77,24 @@ def test_document_start_resets_the_mean(rules):
     assert torch.equal(out.aux["context"][:, 10], torch.zeros(B, D, dtype=torch.float64))
 
 
-def test_the_read_of_the_mean_learns_from_every_position():
-    sae, x = open_sae(), windows()
+def test_teacher_forcing_trains_on_the_activations_mean_and_eval_mode_decodes_from_codes():
+    """In training mode the model is the mean oracle (same weights, same outputs); in eval mode, and in
+    training without teacher forcing, it reads the mean of its own reconstructions."""
+    sae, x, doc_start = open_sae(), windows(), with_documents()
+    oracle = MeanOracleSAE(MeanOracleConfig(d_in=D, d_sae=F, k=K)).double()
+    oracle.load_state_dict(sae.state_dict())
+    forced, reference = sae.train()(x, doc_start), oracle(x, doc_start)
+    for a, b in zip(forced[:4], reference[:4]):
+        assert torch.equal(a, b)
+    own = sae.eval()(x, doc_start)
+    assert not torch.allclose(own.reconstruction, forced.reconstruction)
+    looped = open_sae(teacher_forcing=False).train()(x, doc_start)
+    torch.testing.assert_close(looped.reconstruction, own.reconstruction)
+
+
+@pytest.mark.parametrize("teacher_forcing", [True, False])
+def test_the_read_of_the_mean_learns_from_every_position(teacher_forcing):
+    sae, x = open_sae(teacher_forcing=teacher_forcing).train(), windows()
     out = sae(x, with_documents())
     (out.reconstruction - x).pow(2).sum().backward()
     assert sae.W_ctx.grad.abs().sum() > 0 and sae.W_enc.grad.abs().sum() > 0 and sae.W_dec.grad.abs().sum() > 0
@@ -83,7 +102,8 @@ def test_the_read_of_the_mean_learns_from_every_position():
 
 @pytest.mark.usefixtures("single_thread")
 def test_the_mean_of_its_reconstructions_explains_a_window_long_region(fit):
-    """Opened from W_ctx = 0 by training, k = 4 codes beat TopK's 4 and 6 where the region lasts the window."""
+    """Opened from W_ctx = 0 by training (teacher-forced), k = 4 codes decoded from codes alone beat TopK's 4 and 6
+    where the region lasts the window."""
     mean_fvu = fit_fvu(fit, lambda: DocumentMeanSAE(DocumentMeanConfig(d_in=64, d_sae=128, k=4)))
     topk4 = fit_fvu(fit, lambda: TopKSAE(TopKConfig(d_in=64, d_sae=128, k=4)))
     topk6 = fit_fvu(fit, lambda: TopKSAE(TopKConfig(d_in=64, d_sae=128, k=6)))

@@ -9,7 +9,8 @@ import torch
 from ctxsae.data.synthetic import SyntheticConfig, generate
 from ctxsae.metrics.basic import fvu
 from ctxsae.models.base import window_starts
-from ctxsae.models.mean_oracle import MeanOracleConfig, MeanOracleSAE, mean_before
+from ctxsae.models.document_mean import mean_before
+from ctxsae.models.mean_oracle import MeanOracleConfig, MeanOracleSAE
 from ctxsae.models.topk import TopKConfig, TopKSAE
 
 D, F, K, B, T = 32, 96, 4, 3, 24
