@@ -48,6 +48,24 @@ def evaluate():
     return measure
 
 
+@pytest.fixture
+def score_on_regions(fit):
+    """score(make_sae, region=True) -> (held-out FVU, novel L0) of ``make_sae()`` (seed 0) after 200 steps on
+    synthetic windows that are one region each (region=False: token features only)."""
+
+    def score(make_sae, region: bool = True) -> tuple[float, float]:
+        cfg = SyntheticConfig(n_windows=384, region_features=region, mean_region_len=1e6, p_region_off=0.0, seed=0)
+        data, held = generate(cfg, 0, 256), generate(cfg, 256, 384)
+        torch.manual_seed(0)
+        sae = make_sae()
+        fit(sae, data.x_NTD, data.doc_start_NT, steps=200)
+        with torch.no_grad():
+            out = sae.eval()(held.x_NTD, held.doc_start_NT)
+        return fvu(held.x_NTD, out.reconstruction).item(), l0(out.codes).item()
+
+    return score
+
+
 def assert_round_trip(sae: SAE, x_NTD: torch.Tensor, path) -> None:
     """SAE.save then load_sae rebuilds the same class and config with the same outputs (inference mode);
     the file names the architecture, not a module path."""

@@ -10,7 +10,6 @@ from ctxsae.models.base import window_starts
 from ctxsae.models.document_mean import DocumentMeanConfig, DocumentMeanSAE
 from ctxsae.models.mean_oracle import MeanOracleConfig, MeanOracleSAE
 from ctxsae.models.topk import TopKConfig, TopKSAE, topk_relu
-from tests.models.test_mean_oracle import fit_fvu
 
 D, F, K, B, T = 32, 96, 4, 3, 24
 
@@ -101,10 +100,10 @@ def test_the_read_of_the_mean_learns_from_every_position(teacher_forcing):
 
 
 @pytest.mark.usefixtures("single_thread")
-def test_the_mean_of_its_reconstructions_explains_a_window_long_region(fit):
+def test_the_mean_of_its_reconstructions_explains_a_window_long_region(score_on_regions):
     """Opened from W_ctx = 0 by training (teacher-forced), k = 4 codes decoded from codes alone beat TopK's 4 and 6
     where the region lasts the window."""
-    mean_fvu = fit_fvu(fit, lambda: DocumentMeanSAE(DocumentMeanConfig(d_in=64, d_sae=128, k=4)))
-    topk4 = fit_fvu(fit, lambda: TopKSAE(TopKConfig(d_in=64, d_sae=128, k=4)))
-    topk6 = fit_fvu(fit, lambda: TopKSAE(TopKConfig(d_in=64, d_sae=128, k=6)))
+    mean_fvu, _ = score_on_regions(lambda: DocumentMeanSAE(DocumentMeanConfig(d_in=64, d_sae=128, k=4)))
+    topk4, _ = score_on_regions(lambda: TopKSAE(TopKConfig(d_in=64, d_sae=128, k=4)))
+    topk6, _ = score_on_regions(lambda: TopKSAE(TopKConfig(d_in=64, d_sae=128, k=6)))
     assert mean_fvu < topk6 and mean_fvu < 0.8 * topk4

@@ -6,9 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ctxsae.data.synthetic import SyntheticConfig, generate
 from ctxsae.errors import UserError
-from ctxsae.metrics.basic import fvu, l0
+from ctxsae.metrics.basic import l0
 from ctxsae.models.base import window_starts
 from ctxsae.models.region import RegionConfig, RegionSAE, running_mean
 from ctxsae.models.topk import TopKConfig, TopKSAE
@@ -133,19 +132,6 @@ def test_a_held_value_trains_the_target_it_was_sent_from():
 REGION = dict(d_in=64, d_sae=136, k=4, d_region=8)
 
 
-def fit_and_score(fit, make_sae, region: bool) -> tuple[float, float]:
-    """(held-out FVU, novel L0) of ``make_sae()`` (seed 0) after 200 steps on windows that are one region each (or
-    token features only)."""
-    cfg = SyntheticConfig(n_windows=384, region_features=region, mean_region_len=1e6, p_region_off=0.0, seed=0)
-    data, held = generate(cfg, 0, 256), generate(cfg, 256, 384)
-    torch.manual_seed(0)
-    sae = make_sae()
-    fit(sae, data.x_NTD, data.doc_start_NT, steps=200)
-    with torch.no_grad():
-        out = sae.eval()(held.x_NTD, held.doc_start_NT)
-    return fvu(held.x_NTD, out.reconstruction).item(), l0(out.codes).item()
-
-
 def region() -> RegionSAE:
     return RegionSAE(RegionConfig(**REGION))
 
@@ -155,16 +141,16 @@ def topk(k: int):
 
 
 @pytest.mark.usefixtures("single_thread")
-def test_document_long_features_cost_a_send_not_a_code_per_token(fit):
-    fvu_region, l0_region = fit_and_score(fit, region, region=True)
-    fvu_topk4, _ = fit_and_score(fit, topk(4), region=True)
-    fvu_topk6, _ = fit_and_score(fit, topk(6), region=True)
+def test_document_long_features_cost_a_send_not_a_code_per_token(score_on_regions):
+    fvu_region, l0_region = score_on_regions(region)
+    fvu_topk4, _ = score_on_regions(topk(4))
+    fvu_topk6, _ = score_on_regions(topk(6))
     assert l0_region < 5  # 4 token codes and under one send per position
     assert fvu_region < fvu_topk6 and fvu_region < 0.8 * fvu_topk4
 
 
 @pytest.mark.usefixtures("single_thread")
-def test_without_region_features_it_is_no_worse_than_topk(fit):
-    fvu_region, _ = fit_and_score(fit, region, region=False)
-    fvu_topk4, _ = fit_and_score(fit, topk(4), region=False)
+def test_without_region_features_it_is_no_worse_than_topk(score_on_regions):
+    fvu_region, _ = score_on_regions(region, region=False)
+    fvu_topk4, _ = score_on_regions(topk(4), region=False)
     assert fvu_region < fvu_topk4 + 0.02
