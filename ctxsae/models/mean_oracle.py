@@ -11,8 +11,8 @@ could add to a TopK SAE, trained rather than assumed:
 
 W_ctx [d_in, d_in] (0 at init: the model starts as TopK, output for output) is the best linear
 read of the mean that training finds, so the oracle gets more than the mean itself. Its novel-L0
-ratio at matched FVU is the lowest any context built from the document mean could reach with this
-encoder and decoder; read beside the region-variance share, which assumes the mean's explained
+ratio at matched FVU is, as far as training finds it, the lowest a context read linearly from the
+document mean could reach; read beside the region-variance share, which assumes the mean's explained
 variance and the codes' simply add (they do not: TopK's codes already carry much of the mean).
 
 Why this bound. The region-variance share (``ctxsae.metrics.persistence.RegionMeanBound``) put the
@@ -21,8 +21,11 @@ the TopK front allows an L0 ratio of 0.6 and below 0.5; the region SAE, whose 16
 read the same mean almost for free, gained nothing. Either the room is not there or the region SAE
 failed to use it: this model, with the whole mean free, says which.
 
-Effective codes are the novel codes (``is``): the context is not in the dictionary basis, it is the
-documented extra term c_t of the reconstruction. The map reports the oracle as a bound, not as an arm.
+It is ``DocumentMeanSAE`` (the same W_ctx, attribution and context figures) given the mean of the
+activations instead of that of its own reconstructions: the design's gap to it is what not reading
+x_{<t} costs. Effective codes are the novel codes (``is``): the context is not in the dictionary basis,
+it is the documented extra term c_t of the reconstruction. The map reports the oracle as a bound, not
+as an arm.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""DocumentMeanSAE: TopK at init, the contextual rules, a receiver of the codes alone replays the reconstruction,
+"""DocumentMeanSAE: the strictly earlier mean, TopK at init, the contextual rules, a receiver of the codes alone replays the reconstruction,
 and what the mean buys on synthetic data whose region features last the whole window."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ctxsae.models.base import window_starts
-from ctxsae.models.document_mean import DocumentMeanConfig, DocumentMeanSAE
+from ctxsae.models.document_mean import DocumentMeanConfig, DocumentMeanSAE, mean_before
 from ctxsae.models.mean_oracle import MeanOracleConfig, MeanOracleSAE
 from ctxsae.models.topk import TopKConfig, TopKSAE, topk_relu
 
@@ -33,6 +33,18 @@ def with_documents() -> torch.Tensor:
     doc_start = window_starts(B, T)
     doc_start[1, [5, 6]] = doc_start[2, 20] = True
     return doc_start
+
+
+def test_the_mean_is_of_the_document_strictly_before_t():
+    x, doc_start = windows(), with_documents()
+    m, has = mean_before(x, doc_start)
+    for b in range(B):
+        start = 0
+        for t in range(T):
+            start = t if doc_start[b, t] else start
+            assert bool(has[b, t]) == (t > start)
+            expected = x[b, start:t].mean(0) if t > start else torch.zeros(D, dtype=x.dtype)
+            torch.testing.assert_close(m[b, t], expected)
 
 
 def test_closed_it_is_topk():

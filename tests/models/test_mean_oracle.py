@@ -1,4 +1,4 @@
-"""MeanOracleSAE: the strictly earlier mean, TopK at init, the contextual rules, and what the free mean buys on
+"""MeanOracleSAE: TopK at init, the contextual rules, and what the free mean buys on
 synthetic data whose region features last the whole window."""
 
 from __future__ import annotations
@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from ctxsae.models.base import window_starts
-from ctxsae.models.document_mean import mean_before
 from ctxsae.models.mean_oracle import MeanOracleConfig, MeanOracleSAE
 from ctxsae.models.topk import TopKConfig, TopKSAE
 
@@ -27,20 +26,6 @@ def oracle(seed: int = 0) -> MeanOracleSAE:
     with torch.no_grad():
         sae.W_ctx.copy_(torch.eye(D) + 0.1 * torch.randn(D, D))
     return sae
-
-
-def test_the_mean_is_of_the_document_strictly_before_t():
-    x = windows()
-    doc_start = window_starts(B, T)
-    doc_start[1, [5, 6]] = doc_start[2, 20] = True
-    m, has = mean_before(x, doc_start)
-    for b in range(B):
-        start = 0
-        for t in range(T):
-            start = t if doc_start[b, t] else start
-            assert bool(has[b, t]) == (t > start)
-            expected = x[b, start:t].mean(0) if t > start else torch.zeros(D)
-            torch.testing.assert_close(m[b, t], expected)
 
 
 def test_closed_it_is_topk_output_for_output():
