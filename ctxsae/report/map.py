@@ -25,8 +25,13 @@ and ``residual_l0_ratio``, the same for the TopK run's own residual (what a regi
 document's earlier mean for free: the region bound trained rather than assumed). Oracle runs are bounds,
 never a cell's best arm.
 
-Writes ``<out>/results.md`` and ``<out>/map/<cell>.png`` (L0 against FVU per architecture) and
-``<out>/map/changed_share_by_layer.png``.
+What a ratio says depends on how long the dictionaries trained (a better-trained TopK dictionary
+codes more of what context would carry), so each cell also gets the novel-L0 ratio *along training*:
+every validation point of each run (``val/fvu``, ``val/l0`` in its TensorBoard events, at training
+tokens seen) read against the front of the cell's TopK runs at the same number of tokens.
+
+Writes ``<out>/results.md``, ``<out>/map/<cell>.png`` (L0 against FVU per architecture),
+``<out>/map/<cell>-along_training.png`` and ``<out>/map/changed_share_by_layer.png``.
 """
 
 from __future__ import annotations
@@ -108,6 +113,63 @@ def map_rows(sweep: Path, baseline: str) -> list[dict]:
         ce = at_fvu(sorted((r["fvu"], r["ce_recovered"]) for r in base if r["ce_recovered"] is not None), row["fvu"])
         row["ce_delta"] = row["ce_recovered"] - ce if row["model"] != baseline and None not in (ce, row["ce_recovered"]) else None
     return rows
+
+
+def validation_curve(job: Path) -> dict[int, tuple[float, float, float]]:
+    """{training tokens: (FVU, novel L0, effective L0) on the validation split} of a run, from its TensorBoard
+    events (empty where it has none)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tb = RunDir(job).tensorboard
+    if not tb.is_dir():
+        return {}
+    events = EventAccumulator(str(tb), size_guidance={"scalars": 0})
+    events.Reload()
+    tags = ("val/fvu", "val/l0", "val/l0_effective")
+    if not set(tags) <= set(events.Tags()["scalars"]):
+        return {}
+    # a resumed run repeats the steps after its checkpoint: the later value stands
+    fvu, l0, l0_effective = ({e.step: e.value for e in events.Scalars(tag)} for tag in tags)
+    return {step: (fvu[step], l0[step], l0_effective[step])
+            for step in sorted(fvu) if step in l0 and step in l0_effective}
+
+
+def ratio_along_training(sweep: Path, rows: list[dict], baseline: str) -> dict[str, dict[int, float]]:
+    """{run: {training tokens: novel-L0 ratio at matched validation FVU}} of the non-baseline runs among ``rows``
+    (one cell): each validation point read against the baseline runs' front at the same number of tokens."""
+    curves = {r["run"]: validation_curve(sweep / r["run"]) for r in rows}
+    along = defaultdict(dict)
+    for step in sorted({step for curve in curves.values() for step in curve}):
+        at_step = [r | dict(zip(("fvu", "l0", "l0_effective"), curves[r["run"]][step]))
+                   for r in rows if step in curves[r["run"]]]
+        for m in matched_l0(at_step, baseline):
+            if m["l0_ratio"] is not None:
+                along[m["run"]][step] = m["l0_ratio"]
+    return dict(along)
+
+
+def along_training_markdown(along: dict[str, dict[int, float]], arms: dict[str, str]) -> str:
+    """One row per run, one column per number of training tokens."""
+    label = {step: f"{step / 1e6:.2f}M" for curve in along.values() for step in curve}
+    rows = [{"run": run, "arm": arms[run]} | {label[step]: ratio for step, ratio in curve.items()}
+            for run, curve in sorted(along.items())]
+    return markdown(rows, ("run", "arm", *(label[step] for step in sorted(label))))
+
+
+def along_training_plot(along: dict[str, dict[int, float]], arms: dict[str, str], path: Path) -> Figure:
+    fig = Figure(figsize=(6, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    for run, curve in sorted(along.items()):
+        steps = sorted(curve)
+        ax.plot([s / 1e6 for s in steps], [curve[s] for s in steps], marker="o", label=arms[run])
+    ax.axhline(1.0, color="grey", lw=1)
+    ax.set_xlabel("training tokens (M)")
+    ax.set_ylabel("novel L0 / TopK front's L0 at the same validation FVU")
+    ax.grid(alpha=0.3)
+    if along:
+        ax.legend(fontsize=8)
+    fig.savefig(path, dpi=120)
+    return fig
 
 
 def region_l0_ratio(rows: list[dict], run: dict, baseline: str, of: str = "region_var") -> float | str | None:
@@ -195,6 +257,13 @@ def results_markdown(sweep: Path, rows: list[dict], baseline: str, figures: Path
         pareto_plot(cell_rows, x="l0", y="fvu", group="group", path=figures / f"{cell}.png")
         cell_rows = sorted(cell_rows, key=lambda r: (r["model"] != baseline, r["group"], r["l0"]))
         parts += [f"## {cell}\n", markdown(cell_rows, RUN_COLUMNS), f"![{cell}]({figures.name}/{cell}.png)\n"]
+        along = ratio_along_training(sweep, cell_rows, baseline)
+        if along:
+            arms = {r["run"]: r["arm"] for r in cell_rows}
+            along_training_plot(along, arms, figures / f"{cell}-along_training.png")
+            parts += [f"Novel-L0 ratio at matched FVU along training (validation split, against the {baseline} runs' "
+                      "front at the same number of training tokens):\n", along_training_markdown(along, arms),
+                      f"![{cell} along training]({figures.name}/{cell}-along_training.png)\n"]
     return "\n".join(parts)
 
 

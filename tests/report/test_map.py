@@ -3,7 +3,7 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
-from ctxsae.report.map import cell_summary, map_rows, write_map
+from ctxsae.report.map import cell_summary, map_rows, ratio_along_training, write_map
 
 TOPK, RECURRENT = "ctxsae.models.topk.TopKSAE", "ctxsae.models.recurrent.RecurrentSAE"
 ATTENTION = "ctxsae.models.attention.AttentionSAE"
@@ -74,3 +74,38 @@ def test_each_cell_reads_its_contextual_runs_against_its_own_topk_front(tmp_path
     assert "| debian_reference-n512-L8 | 0.2 | 0.85 | 0.8 | 0.05 |  | 0.7071 | 0.025 | 0.8409 | 0.25 | AttentionSAE k=12 | 0.375 | 2.188 | 1.125 |" in md.split("## ")[0]
     for png in ("changed_share_by_layer", "debian_reference-n512-L8", "debian_reference-n512-L24"):
         assert (tmp_path / "docs" / "map" / f"{png}.png").stat().st_size > 1000
+
+
+def validation_points(job, points):
+    """(tokens, val FVU, val L0) points written as the training logger writes them."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(job / "tb")) as writer:
+        for tokens, fvu, l0 in points:
+            for tag, value in (("val/fvu", fvu), ("val/l0", l0), ("val/l0_effective", l0)):
+                writer.add_scalar(tag, value, tokens)
+
+
+def test_the_ratio_along_training_reads_each_validation_point_against_the_front_at_the_same_tokens(tmp_path):
+    sweep = tmp_path / "sweep"
+    run(sweep, "t16", TOPK, 16, 0.3, 16.0)
+    run(sweep, "t32", TOPK, 32, 0.2, 32.0)
+    run(sweep, "o16", MEAN_ORACLE, 16, 0.28, 16.0)
+    run(sweep, "t16_L24", TOPK, 16, 0.5, 16.0, layer=24)  # another cell: its front never enters layer 8's
+    k = 1000
+    validation_points(sweep / "t16", [(100 * k, 0.4, 16), (200 * k, 0.3, 16)])
+    validation_points(sweep / "t32", [(100 * k, 0.3, 32), (200 * k, 0.2, 32)])
+    validation_points(sweep / "t16_L24", [(100 * k, 0.1, 16), (200 * k, 0.1, 16)])
+    # halfway between the front's runs in FVU at 100k tokens (ratio 2^-0.5), a fifth of the way from k=16 at 200k
+    # (2^-0.2), and at 300k no front to read it against
+    validation_points(sweep / "o16", [(100 * k, 0.35, 16), (200 * k, 0.28, 16), (300 * k, 0.25, 16)])
+
+    rows = [r for r in map_rows(sweep, "TopKSAE") if r["layer"] == 8]
+    along = ratio_along_training(sweep, rows, "TopKSAE")
+    assert along.keys() == {"o16"} and along["o16"] == {100 * k: pytest.approx(2**-0.5), 200 * k: pytest.approx(2**-0.2)}
+
+    write_map(sweep, tmp_path / "docs")
+    section = (tmp_path / "docs" / "results.md").read_text().split("## debian_reference-n512-L8\n")[1]
+    assert "| run | arm | 0.10M | 0.20M |\n|---|---|---|---|\n| o16 | MeanOracleSAE k=16 | 0.7071 | 0.8706 |" in section
+    assert (tmp_path / "docs" / "map" / "debian_reference-n512-L8-along_training.png").stat().st_size > 1000
+    assert not (tmp_path / "docs" / "map" / "debian_reference-n512-L24-along_training.png").exists()  # no run to read there
