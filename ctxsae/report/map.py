@@ -43,6 +43,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ctxsae.eval.markdown import flatten
 from ctxsae.report.plots import pareto_plot
@@ -118,8 +119,6 @@ def map_rows(sweep: Path, baseline: str) -> list[dict]:
 def validation_curve(job: Path) -> dict[int, tuple[float, float, float]]:
     """{training tokens: (FVU, novel L0, effective L0) on the validation split} of a run, from its TensorBoard
     events (empty where it has none)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     tb = RunDir(job).tensorboard
     if not tb.is_dir():
         return {}
