@@ -46,7 +46,7 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ctxsae.eval.markdown import flatten
-from ctxsae.report.plots import pareto_plot
+from ctxsae.report.plots import line_plot, pareto_plot
 from ctxsae.report.sweep import at_fvu, baseline_front, job_dirs, l0_on_front, markdown, matched_l0, row_of
 from ctxsae.train.run_dir import RunDir
 
@@ -156,19 +156,9 @@ def along_training_markdown(along: dict[str, dict[int, float]], arms: dict[str, 
 
 
 def along_training_plot(along: dict[str, dict[int, float]], arms: dict[str, str], path: Path) -> Figure:
-    fig = Figure(figsize=(6, 4.5), layout="constrained")
-    ax = fig.add_subplot()
-    for run, curve in sorted(along.items()):
-        steps = sorted(curve)
-        ax.plot([s / 1e6 for s in steps], [curve[s] for s in steps], marker="o", label=arms[run])
-    ax.axhline(1.0, color="grey", lw=1)
-    ax.set_xlabel("training tokens (M)")
-    ax.set_ylabel("novel L0 / TopK front's L0 at the same validation FVU")
-    ax.grid(alpha=0.3)
-    if along:
-        ax.legend(fontsize=8)
-    fig.savefig(path, dpi=120)
-    return fig
+    lines = {arms[run]: [(step / 1e6, ratio) for step, ratio in curve.items()] for run, curve in along.items()}
+    return line_plot(lines, "training tokens (M)", "novel L0 / TopK front's L0 at the same validation FVU", path,
+                     reference=1.0)
 
 
 def region_l0_ratio(rows: list[dict], run: dict, baseline: str, of: str = "region_var") -> float | str | None:
@@ -223,17 +213,7 @@ def changed_share_plot(rows: list[dict], baseline: str, path: Path) -> Figure:
     for r in rows:
         if r["model"] == baseline and r["changed_share"] is not None and r["layer"] is not None:
             lines[f"{r['cell'].rsplit('-L', 1)[0]} k={r['k']}"].append((r["layer"], r["changed_share"]))
-    fig = Figure(figsize=(6, 4.5), layout="constrained")
-    ax = fig.add_subplot()
-    for name, points in sorted(lines.items()):
-        ax.plot(*zip(*sorted(points)), marker="o", label=name)
-    ax.set_xlabel("layer (resid_post)")
-    ax.set_ylabel("codes new or changed by > 30% / TopK L0 (hold oracle)")
-    ax.grid(alpha=0.3)
-    if lines:
-        ax.legend(fontsize=8)
-    fig.savefig(path, dpi=120)
-    return fig
+    return line_plot(lines, "layer (resid_post)", "codes new or changed by > 30% / TopK L0 (hold oracle)", path)
 
 
 def results_markdown(sweep: Path, rows: list[dict], baseline: str, figures: Path) -> str:

@@ -57,3 +57,22 @@ def pareto_plot(
     if path is not None:
         fig.savefig(path, dpi=120)
     return fig
+
+
+def line_plot(lines: Mapping[str, Sequence[tuple[float, float]]], xlabel: str, ylabel: str, path: str | Path,
+              reference: float | None = None) -> Figure:
+    """One line per name through its (x, y) points in ascending x, a grey line at y = ``reference`` if given;
+    written to ``path``."""
+    fig = Figure(figsize=(6, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    for name, points in sorted(lines.items()):
+        ax.plot(*zip(*sorted(points)), marker="o", label=name)
+    if reference is not None:
+        ax.axhline(reference, color="grey", lw=1)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if lines:
+        ax.legend(fontsize=8)
+    fig.savefig(path, dpi=120)
+    return fig
