@@ -93,7 +93,8 @@ def test_the_ratio_along_training_reads_each_validation_point_against_the_front_
     run(sweep, "o16", MEAN_ORACLE, 16, 0.28, 16.0)
     run(sweep, "t16_L24", TOPK, 16, 0.5, 16.0, layer=24)  # another cell: its front never enters layer 8's
     k = 1000
-    validation_points(sweep / "t16", [(100 * k, 0.4, 16), (200 * k, 0.3, 16)])
+    validation_points(sweep / "t16", [(100 * k, 0.4, 16), (200 * k, 0.5, 16)])
+    validation_points(sweep / "t16", [(200 * k, 0.3, 16)])  # resumed before 200k tokens: the later value stands
     validation_points(sweep / "t32", [(100 * k, 0.3, 32), (200 * k, 0.2, 32)])
     validation_points(sweep / "t16_L24", [(100 * k, 0.1, 16), (200 * k, 0.1, 16)])
     # halfway between the front's runs in FVU at 100k tokens (ratio 2^-0.5), a fifth of the way from k=16 at 200k
