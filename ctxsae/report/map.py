@@ -241,7 +241,8 @@ def results_markdown(sweep: Path, rows: list[dict], baseline: str, figures: Path
             arms = {r["run"]: r["arm"] for r in cell_rows}
             along_training_plot(along, arms, figures / f"{cell}-along_training.png")
             parts += [f"Novel-L0 ratio at matched FVU along training (validation split, against the {baseline} runs' "
-                      "front at the same number of training tokens):\n", along_training_markdown(along, arms),
+                      "front at the same number of training tokens; blank: outside the front's FVU range, e.g. worse "
+                      "than its sparsest run):\n", along_training_markdown(along, arms),
                       f"![{cell} along training]({figures.name}/{cell}-along_training.png)\n"]
     return "\n".join(parts)
 
