@@ -155,10 +155,11 @@ def along_training_markdown(along: dict[str, dict[int, float]], arms: dict[str, 
     return markdown(rows, ("run", "arm", *(label[step] for step in sorted(label))))
 
 
-def along_training_plot(along: dict[str, dict[int, float]], arms: dict[str, str], path: Path) -> Figure:
+def along_training_plot(along: dict[str, dict[int, float]], arms: dict[str, str], baseline: str,
+                        path: Path) -> Figure:
     lines = {arms[run]: [(step / 1e6, ratio) for step, ratio in curve.items()] for run, curve in along.items()}
-    return line_plot(lines, "training tokens (M)", "novel L0 / TopK front's L0 at the same validation FVU", path,
-                     reference=1.0)
+    return line_plot(lines, "training tokens (M)", f"novel L0 / {baseline} front's L0 at the same validation FVU",
+                     path, reference=1.0)
 
 
 def region_l0_ratio(rows: list[dict], run: dict, baseline: str, of: str = "region_var") -> float | str | None:
@@ -239,7 +240,7 @@ def results_markdown(sweep: Path, rows: list[dict], baseline: str, figures: Path
         along = ratio_along_training(sweep, cell_rows, baseline)
         if along:
             arms = {r["run"]: r["arm"] for r in cell_rows}
-            along_training_plot(along, arms, figures / f"{cell}-along_training.png")
+            along_training_plot(along, arms, baseline, figures / f"{cell}-along_training.png")
             parts += [f"Novel-L0 ratio at matched FVU along training (validation split, against the {baseline} runs' "
                       "front at the same number of training tokens; blank: outside the front's FVU range, e.g. worse "
                       "than its sparsest run):\n", along_training_markdown(along, arms),
