@@ -90,12 +90,17 @@ def select_codes(pre_BTF: Tensor, carry_TB1: Tensor, lam_F: Tensor, k: int, drop
     # drop_below already and stays so (lambda <= 1) until a code sets it, so the drops are the same.
     age_BF = torch.zeros_like(a_BF)
     u_BF, diff_BF, size_BF = (torch.empty_like(a_BF) for _ in range(3))
-    lam_BF = lam_F.new_empty(B, F)
+    carry_lam_BF = lam_F.new_empty(B, F)
     size_BK = pre_BTF.new_empty(B, k)
+    # On the CPU, steps where every row continues its document use lambda itself, broadcast: the
+    # [B, F] product carry_t lambda (1.0 * lambda there, the same values) is skipped. (On a GPU the
+    # test would wait for the device; the product is one small kernel there.)
+    continues_T = carry_TB1.flatten(1).bool().all(1).tolist() if pre_BTF.device.type == "cpu" else [False] * T
     with one_thread_on_cpu(pre_BTF.device):
         for t in range(T):
             torch.clamp_min(pre_BTF[:, t], 0, out=u_BF)  # ReLU
-            age_BF.mul_(torch.mul(carry_TB1[t], lam_F, out=lam_BF))
+            lam_BF = lam_F if continues_T[t] else torch.mul(carry_TB1[t], lam_F, out=carry_lam_BF)
+            age_BF.mul_(lam_BF)
             hold_BF = torch.ge(age_BF, drop_below, out=hold_TBF[t]).mul_(lam_BF)  # lambda where the value survives, 0 where dropped
             h_BF = torch.mul(hold_BF, a_BF, out=a_TBF[t])
             torch.sub(u_BF, h_BF, out=diff_BF)
