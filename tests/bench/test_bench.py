@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -63,3 +64,39 @@ def test_only_runs_the_named_figures(tmp_path):
           "--steps", "1", "--warmup", "0", "--only", "roofline", "sparsify", "--out", str(out)])
     entries = json.loads(out.read_text())["entries"]
     assert set(entries) == {"roofline", "sparsify"} and entries["roofline"]["detail"]["device"] in ("cpu", "cuda")
+
+
+def train_synthetic(tmp_path, model: str, *overrides: str):
+    from hydra import compose, initialize_config_dir
+
+    from ctxsae.config import register_configs
+    from ctxsae.train.run import train
+
+    register_configs()
+    run_dir = tmp_path / model
+    run_dir.mkdir()
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[2] / "conf"), version_base=None):
+        cfg = compose("train", overrides=[
+            "data=synthetic", "data.source.n_windows=160", "data.source.n_ctx=16", "data.batch_windows=8",
+            f"model={model}", "model.d_sae=64", "model.k=4", f"cache.root={tmp_path / 'cache'}", "max_tokens=1024",
+            "trainer.enable_progress_bar=false", "logger=csv", *overrides,
+        ])
+    train(cfg, run_dir)
+    return run_dir
+
+
+def test_trained_runs_are_timed_against_the_baseline_in_the_state_training_left(tmp_path):
+    topk = train_synthetic(tmp_path, "topk")
+    recurrent = train_synthetic(tmp_path, "recurrent", "model.retention_init=0.5", "model.learn_retention=false")
+    out = tmp_path / "bench.json"
+    main(["--only", "trained", "--runs", str(recurrent), str(topk), "--baseline", str(topk), "--steps", "1",
+          "--warmup", "0", "--out", str(out)])
+    e = json.loads(out.read_text())["entries"]["trained"]
+    rec, base = e["detail"][str(recurrent)], e["detail"][str(topk)]
+    assert e["detail"]["baseline"] == str(topk) and (rec["architecture"], base["architecture"]) == ("recurrent", "topk")
+    assert rec["tokens"] == base["tokens"] == 8 * 16  # one batch of the run's data.batch_windows
+    assert rec["l0"] == base["l0"] == base["l0_effective"] == 4
+    assert rec["l0_effective"] > 4  # retention 0.5 holds codes: the state that was timed is the open one
+    assert e["ratio"] == pytest.approx(rec["cost"] / 1.5) and base["target"] is None and base["met"] is None
+    with pytest.raises(SystemExit):
+        main(["--only", "trained", "--runs", str(recurrent)])  # no baseline to time it against
