@@ -49,6 +49,12 @@ def fit():
     return fit_sae
 
 
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))])
+def device(request) -> str:
+    """Each device a test should hold on: the CPU, and the GPU where there is one."""
+    return request.param
+
+
 
 @pytest.fixture
 def tiny_book(tmp_path):

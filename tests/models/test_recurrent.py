@@ -213,17 +213,17 @@ def reference_forward(sae: RecurrentSAE, x_BTD, doc_start_BT):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("codes_in_loss", [True, False])
 @pytest.mark.parametrize("drop_below", [0.1, 0.0, 0.6])
-def test_fast_step_loop_matches_the_reference_loop_exactly(dtype, codes_in_loss, drop_below):
+def test_fast_step_loop_matches_the_reference_loop_exactly(dtype, codes_in_loss, drop_below, device):
     """Values bit for bit, gradients (of the reconstruction, the codes unless left out as a TopK loss leaves
     them, and AuxK's pre-activations) to rounding; with the drop rule off (0.0: only document starts
     cut a held value) and acting after one step of the decaying latents (0.6)."""
-    sae, x = mixed_sae(dtype).train(), windows(dtype)
+    sae, x = mixed_sae(dtype).train().to(device), windows(dtype).to(device)
     sae.cfg.drop_below = drop_below
     with torch.no_grad():
         sae.retention_raw[1::3] = 0.95 / sae.cfg.retention_speed  # decays slowly enough for the drop rule to act mid-run
-    doc_start = torch.zeros(B, T, dtype=torch.bool)
+    doc_start = torch.zeros(B, T, dtype=torch.bool, device=device)
     doc_start[:, 0] = doc_start[0, 9] = doc_start[2, 17] = True
-    target, weights = torch.randn_like(x), torch.randn(B, T, F, dtype=dtype)
+    target, weights = torch.randn_like(x), torch.randn(B, T, F, dtype=dtype, device=device)
     params = [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, sae.retention_raw]
 
     def loss(z, a, recon, pre):

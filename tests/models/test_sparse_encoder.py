@@ -13,7 +13,6 @@ from ctxsae.models.topk import TopKSAE, decode_sparse
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 def plain_selected_pre_acts(x_ND, W_enc, b_F, pre_NF, idx):
@@ -45,7 +44,6 @@ def build(cls, device, **kw):
     return sae
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("cls,kw", [(TopKSAE, {}), (BatchTopKSAE, {}), (RecurrentSAE, {}), (AttentionSAE, {}),
                                     (AttentionSAE, {"carry_init": -0.1}),  # closed: no value has a gradient
                                     (TFASAE, {"bottleneck_factor": 8})])
@@ -69,7 +67,6 @@ def test_values_and_gradients_match_plain_autograd(cls, kw, auxk, device, monkey
             assert_close(g, ref, rtol=1e-4, atol=1e-5, msg=name)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("carry_open", [False, True])
 def test_attention_second_pass_matches_the_full_product(carry_open, device, monkeypatch):
     """Attention's novel codes with the second product and selection skipped while c = 0, against both always formed."""
@@ -90,7 +87,6 @@ def test_attention_second_pass_matches_the_full_product(carry_open, device, monk
         assert_close(g, ref, rtol=1e-4, atol=1e-5, msg=name)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_sparse_decode_matches_embedding_bag_autograd_with_uneven_and_empty_bags(device):
     """The decoder's own backward (a bag per latent; the values' gradient an SDDMM on the CPU) against
     embedding_bag's, for flat entries with offsets, empty bags in the middle and at the end."""
@@ -134,7 +130,6 @@ def test_one_thread_block_gives_the_values_and_gradients_of_the_plain_block():
         assert not OneThread.apply(block, a, b, c, 2.0)[0].requires_grad
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_sparse_decode_skipping_zero_entries_changes_nothing(device):
     """Entries of value 0 left out of the output and dL/dW_dec: the same values and gradients, and their own
     gradient (which a closed carry or an unheld value learns from) still formed."""
