@@ -27,7 +27,7 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 gpu=$($PY -c "import torch; print(int(torch.cuda.is_available()))")
 { nvidia-smi 2>/dev/null; $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"; } >"$out/machine.txt" 2>&1
 
-step() {  # name, command...: run it, keep its tail, say how it ended; one failure does not stop the rest
+step() {  # name, command...: its output to $out/name.txt, how it ended to machine.txt; a failure does not stop the rest
     local name=$1; shift
     local t0=$SECONDS
     "$@" >"$out/$name.txt" 2>&1
