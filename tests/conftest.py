@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning as L
 import pytest
 import torch
@@ -47,6 +49,21 @@ def fit_sae(
 @pytest.fixture
 def fit():
     return fit_sae
+
+
+def train_run(run_dir: Path, overrides: list[str]) -> Path:
+    """``train.py`` with ``overrides``, in-process (as Hydra composes it), into ``run_dir``; returns it."""
+    from hydra import compose, initialize_config_dir
+
+    from ctxsae.config import register_configs
+    from ctxsae.train.run import train
+
+    register_configs()
+    run_dir.mkdir()  # Hydra would make it
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base=None):
+        cfg = compose("train", overrides=overrides)
+    train(cfg, run_dir)
+    return run_dir
 
 
 @pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))])

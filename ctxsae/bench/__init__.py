@@ -516,8 +516,8 @@ def bench_trained(runs: list[str], baseline: str, warmup: int, repeats: int, dev
                             "pass a --baseline trained on the same activations")
         sae, loss, lr = trainable(run)
         batch_windows = run.train_cfg.data.batch_windows
-        batch = next(run.dm.held_out_batches(batch_windows, batch_windows, device, run.dm.unit_of(sae)))
-        base_batch = next(run.dm.held_out_batches(batch_windows, batch_windows, device, run.dm.unit_of(base_sae)))
+        windows = next(run.dm.held_out_batches(batch_windows, batch_windows, device))
+        batch, base_batch = (windows._replace(x_BTD=windows.x_BTD * run.dm.unit_of(s)) for s in (sae, base_sae))
         with torch.no_grad():  # the state that is timed: before the timed steps move it
             out = sae(batch.x_BTD, batch.context_start_BT)
         l0_BT, l0_effective_BT = ((c != 0).sum(-1)[batch.mask_BT].float() for c in (out.codes, out.effective_codes))

@@ -2,7 +2,6 @@
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +9,7 @@ import torch
 from ctxsae.bench import RandomSource, batch_of, topk_flops, train_step_fn
 from ctxsae.bench.__main__ import main
 from ctxsae.models.topk import TopKConfig, TopKSAE
+from tests.conftest import train_run
 
 FIGURES = {"extraction", "multilayer", "cache", "saelens", "sparsify", "roofline", "contextual", "end_to_end", "memory"}
 
@@ -67,22 +67,11 @@ def test_only_runs_the_named_figures(tmp_path):
 
 
 def train_synthetic(tmp_path, model: str, *overrides: str):
-    from hydra import compose, initialize_config_dir
-
-    from ctxsae.config import register_configs
-    from ctxsae.train.run import train
-
-    register_configs()
-    run_dir = tmp_path / model
-    run_dir.mkdir()
-    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[2] / "conf"), version_base=None):
-        cfg = compose("train", overrides=[
-            "data=synthetic", "data.source.n_windows=160", "data.source.n_ctx=16", "data.batch_windows=8",
-            f"model={model}", "model.d_sae=64", "model.k=4", f"cache.root={tmp_path / 'cache'}", "max_tokens=1024",
-            "trainer.enable_progress_bar=false", "logger=csv", *overrides,
-        ])
-    train(cfg, run_dir)
-    return run_dir
+    return train_run(tmp_path / model, [
+        "data=synthetic", "data.source.n_windows=160", "data.source.n_ctx=16", "data.batch_windows=8",
+        f"model={model}", "model.d_sae=64", "model.k=4", f"cache.root={tmp_path / 'cache'}", "max_tokens=1024",
+        "trainer.enable_progress_bar=false", "logger=csv", *overrides,
+    ])
 
 
 def test_trained_runs_are_timed_against_the_baseline_in_the_state_training_left(tmp_path):

@@ -8,7 +8,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 import ctxsae.browse.site
 import ctxsae.eval.run
@@ -17,16 +16,14 @@ from ctxsae.browse.site import BrowseConfig, check_same_windows, collect_site
 from ctxsae.browse.__main__ import main as browse_main
 from ctxsae.browse.html import feature_html
 from ctxsae.cache.store import CacheConfig
-from ctxsae.config import register_configs
 from ctxsae.data.synthetic import SyntheticSource
 from ctxsae.errors import UserError
 from ctxsae.eval.config import EvalConfig, ProbeConfig
 from ctxsae.models.recurrent import RecurrentConfig, RecurrentSAE
 from ctxsae.train.datamodule import ActivationDataModule, DataConfig
-from ctxsae.train.run import train
 from ctxsae.train.run_dir import open_run
+from tests.conftest import train_run
 
-ROOT = Path(__file__).resolve().parents[2]
 ATTACK = "<script>alert(1)</script>"
 # Every 128-byte window holds the attack whole (lines are ~75 bytes), with Cyrillic and CJK around it.
 TEXT = "\n".join(f"Line {i}: the quick brown fox {ATTACK} Съешь ещё 你好世界 {i}." for i in range(150))
@@ -36,19 +33,13 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 
 
 def train_tiny(tmp: Path, model: str, *overrides: str) -> Path:
-    register_configs()
-    run_dir = tmp / model
-    run_dir.mkdir()  # Hydra would make it
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
-        cfg = compose("train", overrides=[
-            "lm=tiny", "data=local", f"data.source.data_files={tmp / 'corpus.txt'}", "data.n_ctx=128",
-            "data.draw_windows=96",
-            "data.batch_windows=8", f"model={model}", "model.d_sae=128", "model.k=8", f"cache.root={tmp / 'cache'}",
-            "trainer.enable_progress_bar=false", "max_tokens=8192", "trainer.val_check_interval=100",
-            "logger=csv", *overrides,
-        ])
-    train(cfg, run_dir)
-    return run_dir
+    return train_run(tmp / model, [
+        "lm=tiny", "data=local", f"data.source.data_files={tmp / 'corpus.txt'}", "data.n_ctx=128",
+        "data.draw_windows=96",
+        "data.batch_windows=8", f"model={model}", "model.d_sae=128", "model.k=8", f"cache.root={tmp / 'cache'}",
+        "trainer.enable_progress_bar=false", "max_tokens=8192", "trainer.val_check_interval=100",
+        "logger=csv", *overrides,
+    ])
 
 
 @pytest.fixture(scope="module")
